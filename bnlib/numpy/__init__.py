@@ -1,0 +1,15 @@
+"""Batch normalization in NumPy: the functional core, a layer, and a gradient checker."""
+from .batchnorm import (BatchNormCache, batch_norm_backward, batch_norm_backward_staged,
+                        batch_norm_forward)
+from .gradcheck import numerical_gradient, relative_error
+from .layer import BatchNorm
+
+__all__ = [
+    "BatchNorm",
+    "BatchNormCache",
+    "batch_norm_backward",
+    "batch_norm_backward_staged",
+    "batch_norm_forward",
+    "numerical_gradient",
+    "relative_error",
+]

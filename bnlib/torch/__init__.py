@@ -1,0 +1,6 @@
+"""Batch normalization in PyTorch, written from tensor operations, equal to ``torch.nn``."""
+from .autograd import BatchNormFunction
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .functional import batch_norm
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormFunction", "batch_norm"]
