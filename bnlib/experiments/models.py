@@ -1,0 +1,94 @@
+"""The networks of the experiments, each with a pluggable normalization layer.
+
+The normalization layers come from :mod:`bnlib.torch` where bnlib has them (so the
+experiments exercise the book's own code), else from ``torch.nn``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+import bnlib.torch as bt
+
+__all__ = ["NORMS", "make_norm", "mlp", "small_cnn"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _group_norm(channels: int, spatial: bool) -> nn.Module:
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    cls = getattr(bt, "GroupNorm", nn.GroupNorm)
+    return cls(groups, channels)
+
+
+def _layer_norm(channels: int, spatial: bool) -> nn.Module:
+    # Over (C,) for vectors; over (C, H, W) is GroupNorm with one group for images.
+    if spatial:
+        return getattr(bt, "GroupNorm", nn.GroupNorm)(1, channels)
+    return getattr(bt, "LayerNorm", nn.LayerNorm)(channels)
+
+
+NORMS: dict[str, Callable[[int, bool], nn.Module] | None] = {
+    "none": None,
+    "batch": lambda c, spatial: (bt.BatchNorm2d if spatial else bt.BatchNorm1d)(c),
+    "group": _group_norm,
+    "layer": _layer_norm,
+}
+
+
+def make_norm(norm: str, channels: int, spatial: bool = False) -> nn.Module | None:
+    """A normalization layer by name: ``"none"``, ``"batch"``, ``"group"`` or ``"layer"``."""
+    if norm not in NORMS:
+        raise ValueError(f"expected norm in {sorted(NORMS)} (got {norm!r})")
+    factory = NORMS[norm]
+    return None if factory is None else factory(channels, spatial)
+
+
+def mlp(in_features: int = 64, hidden: int = 100, depth: int = 3, num_classes: int = 10,
+        activation: str = "sigmoid", norm: str = "none") -> nn.Sequential:
+    """``depth`` hidden layers of ``Linear -> [norm] -> activation``, then a linear classifier.
+
+    As in Ioffe & Szegedy (2015) the normalization sits between the affine map and the
+    nonlinearity, and the Linear layer before it has no bias (the norm's shift replaces it).
+
+    Example:
+        >>> mlp(depth=2, norm="batch")[:3]
+        Sequential(
+          (0): Linear(in_features=64, out_features=100, bias=False)
+          (1): BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+          (2): Sigmoid()
+        )
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"expected activation in {sorted(ACTIVATIONS)} (got {activation!r})")
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        norm_layer = make_norm(norm, hidden)
+        layers.append(nn.Linear(width, hidden, bias=norm_layer is None))
+        if norm_layer is not None:
+            layers.append(norm_layer)
+        layers.append(ACTIVATIONS[activation]())
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def small_cnn(norm: str = "none", channels: int = 16, num_classes: int = 10) -> nn.Sequential:
+    """A small CNN for 8x8 digits: two 3x3 conv blocks, global average pooling, a classifier.
+
+    Shapes: ``(N, 1, 8, 8) -> (N, C, 8, 8) -> (N, 2C, 4, 4) -> (N, 2C) -> (N, 10)``.
+    """
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        norm_layer = make_norm(norm, c_out, spatial=True)
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm_layer is None)
+        return [conv] + ([norm_layer] if norm_layer is not None else []) + [nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, channels),  # (N, C, 8, 8)
+        *block(channels, channels), nn.MaxPool2d(2),  # (N, C, 4, 4)
+        *block(channels, 2 * channels),  # (N, 2C, 4, 4)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 2C)
+        nn.Linear(2 * channels, num_classes))
