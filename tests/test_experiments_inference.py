@@ -1,0 +1,61 @@
+"""Training-mode-at-inference accuracy and the running-statistics gap, on short runs."""
+import pytest
+import torch
+
+import bnlib.torch as bt
+from bnlib.experiments import accuracy, load_digits_split, mlp, train
+from bnlib.experiments.inference import batch_stat_accuracy, bn_layers, running_stats_gap
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    split = load_digits_split()
+    model = mlp(norm="batch")
+    train(model, split, steps=150, lr=0.5, eval_every=150)
+    return model, split
+
+
+def test_bn_layers_finds_bnlib_and_torch_layers():
+    model = torch.nn.Sequential(bt.BatchNorm1d(3), torch.nn.BatchNorm1d(3), torch.nn.ReLU())
+    assert len(bn_layers(model)) == 2
+
+
+def test_batch_stats_on_a_large_shuffled_batch_are_close_to_eval(trained):
+    model, split = trained
+    before = model.state_dict()
+    eval_acc = accuracy(model, split.x_test, split.y_test)
+    full = batch_stat_accuracy(model, split.x_test, split.y_test, batch_size=len(split.y_test))
+    assert abs(full - eval_acc) < 0.05
+    for k, v in model.state_dict().items():  # the probe is a copy: nothing changed
+        assert torch.equal(v, before[k]), k
+
+
+def test_sorted_small_batches_hurt_batch_statistics(trained):
+    model, split = trained
+    shuffled = batch_stat_accuracy(model, split.x_test, split.y_test, batch_size=64)
+    sorted_ = batch_stat_accuracy(model, split.x_test, split.y_test, 64, sort_by_label=True)
+    assert sorted_ < shuffled - 0.2
+
+
+def test_trailing_single_sample_is_folded_and_batch_of_one_refused(trained):
+    model, split = trained
+    n = 2 * 8 + 1
+    acc = batch_stat_accuracy(model, split.x_test[:n], split.y_test[:n], batch_size=8)
+    assert 0.0 <= acc <= 1.0 and acc * n == round(acc * n)
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        batch_stat_accuracy(model, split.x_test, split.y_test, batch_size=1)
+
+
+def test_running_stats_gap_is_zero_for_exact_statistics(trained):
+    model, split = trained
+    torch.manual_seed(1)
+    m = mlp(norm="batch", depth=1)
+    with torch.no_grad():  # put the exact statistics of the data into the only BN layer
+        h = m[0](split.x_train)
+        m[1].running_mean.copy_(h.mean(0))
+        m[1].running_var.copy_(h.var(0, unbiased=True))
+    gap = running_stats_gap(m, split.x_train)
+    assert gap.mean_error[0] < 1e-5 and abs(gap.var_ratio[0] - 1) < 1e-5
+    gap = running_stats_gap(model, split.x_train)
+    assert len(gap.mean_error) == 3 and all(e > 0 for e in gap.mean_error)
