@@ -1,0 +1,187 @@
+"""Layer normalization and RMS normalization, written from tensor operations, with the
+constructor, ``state_dict`` keys and results of ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm``.
+
+Both normalize each sample over its last ``len(normalized_shape)`` dimensions, so they do not
+depend on the batch: training and evaluation compute the same function.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LayerNorm", "RMSNorm", "layer_norm", "rms_norm"]
+
+_Shape = int | Sequence[int] | torch.Size
+
+
+def _as_shape(normalized_shape: _Shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral):
+        return (int(normalized_shape),)
+    return tuple(int(s) for s in normalized_shape)
+
+
+def check_normalized_shape(input: Tensor, normalized_shape: Sequence[int]) -> tuple[int, ...]:
+    """The dimensions to normalize over, after checking that ``input`` ends in
+    ``normalized_shape`` (PyTorch's wording)."""
+    k = len(normalized_shape)
+    if k == 0 or input.dim() < k or tuple(input.shape[-k:]) != tuple(normalized_shape):
+        expected = ", ".join(str(s) for s in normalized_shape)
+        raise ValueError(f"Given normalized_shape={list(normalized_shape)}, expected input with "
+                         f"shape [*, {expected}], but got input of size{list(input.shape)}")
+    return tuple(range(input.dim() - k, input.dim()))
+
+
+def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Layer normalization, as ``torch.nn.functional.layer_norm``.
+
+    .. math::
+
+        y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
+
+    with mean and biased variance over the last ``len(normalized_shape)`` dimensions of each
+    sample, and ``gamma``/``beta`` of shape ``normalized_shape``.
+
+    Args:
+        input: ``(*, *normalized_shape)``.
+        normalized_shape: the trailing shape to normalize over.
+        weight, bias: ``normalized_shape`` tensors or ``None``.
+        eps: added to the variance. Default: ``1e-5``.
+
+    Example:
+        >>> layer_norm(torch.tensor([[1.0, 3.0]]), (2,), eps=0.0)
+        tensor([[-1.,  1.]])
+    """
+    dims = check_normalized_shape(input, normalized_shape)
+    mean = input.mean(dim=dims, keepdim=True)  # (*, 1, ..., 1)
+    var = (input - mean).square().mean(dim=dims, keepdim=True)  # biased
+    out = (input - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
+             eps: float | None = None) -> Tensor:
+    """Root-mean-square normalization (Zhang & Sennrich, 2019), as
+    ``torch.nn.functional.rms_norm``: no centring, no shift.
+
+    .. math::
+
+        y = \\frac{x}{\\sqrt{\\mathrm{E}[x^2] + \\epsilon}} \\odot \\gamma
+
+    Args:
+        input: ``(*, *normalized_shape)``.
+        normalized_shape: the trailing shape to normalize over.
+        weight: a ``normalized_shape`` tensor or ``None``.
+        eps: added to the mean square; ``None`` means ``torch.finfo(input.dtype).eps``.
+            Default: ``None``.
+
+    Example:
+        >>> rms_norm(torch.tensor([[3.0, -3.0]]), (2,), eps=0.0)
+        tensor([[ 1., -1.]])
+    """
+    dims = check_normalized_shape(input, normalized_shape)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    out = input * torch.rsqrt(input.square().mean(dim=dims, keepdim=True) + eps)
+    return out if weight is None else out * weight
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization over the trailing ``normalized_shape`` of each sample
+    (Ba, Kiros & Hinton, 2016); see :func:`layer_norm`.
+
+    Args:
+        normalized_shape: an int or a shape, e.g. ``C`` or ``(C, H, W)``.
+        eps: added to the variance. Default: ``1e-5``.
+        elementwise_affine: learn ``weight`` (ones) and ``bias`` (zeros) of shape
+            ``normalized_shape``. Default: ``True``.
+        bias: with ``elementwise_affine``, also learn the shift. Default: ``True``.
+
+    Shape:
+        Input ``(*, *normalized_shape)``; output the same.
+
+    Example:
+        >>> LayerNorm(4)(torch.randn(2, 3, 4)).shape
+        torch.Size([2, 3, 4])
+    """
+
+    def __init__(self, normalized_shape: _Shape, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization over the trailing ``normalized_shape``; see
+    :func:`rms_norm`.
+
+    Args:
+        normalized_shape: an int or a shape.
+        eps: added to the mean square; ``None`` means the machine epsilon of the input's dtype.
+            Default: ``None``.
+        elementwise_affine: learn ``weight`` (ones) of shape ``normalized_shape``.
+            Default: ``True``.
+
+    Shape:
+        Input ``(*, *normalized_shape)``; output the same.
+
+    Example:
+        >>> RMSNorm(4)(torch.randn(2, 4)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, normalized_shape: _Shape, eps: float | None = None,
+                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device,
+                                                   dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")

@@ -1,0 +1,157 @@
+"""LayerNorm, GroupNorm, InstanceNorm1d/2d and RMSNorm of bnlib.torch against torch.nn (2.13):
+constructor signatures, state_dict keys, repr, forward and gradients in float64."""
+import inspect
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import bnlib.torch as bt
+
+TOL = dict(rtol=1e-9, atol=1e-9)
+F64 = torch.float64
+
+# (class name, constructor args, kwargs, input shape)
+CASES = [
+    ("LayerNorm", (5,), {}, (4, 5)),
+    ("LayerNorm", ((3, 4),), {}, (2, 6, 3, 4)),
+    ("LayerNorm", ([4],), {"bias": False}, (3, 2, 4)),
+    ("LayerNorm", (4,), {"elementwise_affine": False, "eps": 1e-3}, (6, 4)),
+    ("GroupNorm", (2, 6), {}, (4, 6, 5)),
+    ("GroupNorm", (3, 6), {"eps": 1e-3}, (2, 6, 3, 4)),
+    ("GroupNorm", (1, 4), {"affine": False}, (3, 4, 2, 2, 2)),
+    ("GroupNorm", (4, 4), {"bias": False}, (3, 4)),
+    ("InstanceNorm1d", (3,), {}, (4, 3, 7)),
+    ("InstanceNorm1d", (3,), {"affine": True}, (3, 7)),
+    ("InstanceNorm1d", (3,), {"affine": True, "track_running_stats": True}, (4, 3, 7)),
+    ("InstanceNorm2d", (3,), {"affine": True, "bias": False}, (2, 3, 4, 5)),
+    ("InstanceNorm2d", (3,), {"track_running_stats": True, "momentum": None}, (2, 3, 4, 5)),
+    ("InstanceNorm2d", (3,), {"affine": True, "track_running_stats": True}, (3, 4, 5)),
+    ("RMSNorm", (5,), {}, (4, 5)),
+    ("RMSNorm", ((3, 4),), {"eps": 1e-6}, (2, 3, 4)),
+    ("RMSNorm", (4,), {"elementwise_affine": False}, (3, 4)),
+]
+IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("name", ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
+                                  "RMSNorm"])
+def test_constructor_signature_matches_torch(name):
+    ours = inspect.signature(getattr(bt, name).__init__).parameters
+    ref = inspect.signature(getattr(nn, name).__init__).parameters
+    assert list(ours) == list(ref)
+    for p in ref:
+        assert ours[p].default == ref[p].default, p
+        assert ours[p].kind == ref[p].kind, p
+
+
+def make_pair(name, args, kwargs, seed=0):
+    ours = getattr(bt, name)(*args, **kwargs, dtype=F64)
+    ref = getattr(nn, name)(*args, **kwargs, dtype=F64)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ours.parameters():  # non-trivial affine parameters, shared by both
+            p.copy_(torch.randn(p.shape, generator=g, dtype=F64))
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("name,args,kwargs,shape", CASES, ids=IDS)
+def test_state_dict_and_repr_match_torch(name, args, kwargs, shape):
+    ours, ref = make_pair(name, args, kwargs)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert repr(ours) == repr(ref)
+    buffer = io.BytesIO()
+    torch.save(ref.state_dict(), buffer)  # a torch checkpoint loads strictly into ours
+    buffer.seek(0)
+    ours.load_state_dict(torch.load(buffer), strict=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name,args,kwargs,shape", CASES, ids=IDS)
+def test_forward_gradients_and_buffers_match_torch(name, args, kwargs, shape, training):
+    ours, ref = make_pair(name, args, kwargs)
+    ours.train(training)
+    ref.train(training)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):  # several steps, so running statistics (if any) evolve
+        x = (torch.randn(shape, generator=g, dtype=F64) * 3 + 1).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        y, y_ref = ours(x), ref(x_ref)
+        torch.testing.assert_close(y, y_ref, **TOL)
+        dy = torch.randn(shape, generator=g, dtype=F64)
+        y.backward(dy)
+        y_ref.backward(dy)
+        torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
+        for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+            torch.testing.assert_close(p.grad, q.grad, **TOL, msg=n)
+        for (n, b), (_, c) in zip(ours.named_buffers(), ref.named_buffers()):
+            torch.testing.assert_close(b, c, **TOL, msg=n)
+
+
+@pytest.mark.parametrize("name,args,kwargs,shape", CASES, ids=IDS)
+def test_gradcheck(name, args, kwargs, shape):
+    ours, _ = make_pair(name, args, kwargs)
+    ours.eval()  # eval, so running buffers do not move between gradcheck's evaluations
+    x = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(2))
+    assert torch.autograd.gradcheck(ours, (x.requires_grad_(),), eps=1e-6, atol=1e-7)
+
+
+def test_group_norm_extremes_are_layer_and_instance_norm():
+    x = torch.randn(3, 4, 5, 6, dtype=F64)
+    one_group = bt.GroupNorm(1, 4, affine=False)(x)
+    torch.testing.assert_close(one_group, bt.LayerNorm((4, 5, 6), elementwise_affine=False)(x),
+                               **TOL)
+    per_channel = bt.GroupNorm(4, 4, affine=False)(x)
+    torch.testing.assert_close(per_channel, bt.InstanceNorm2d(4)(x), **TOL)
+
+
+def test_layer_norm_is_batch_independent_and_rms_norm_is_not_centred():
+    x = torch.randn(8, 5, dtype=F64)
+    ln = bt.LayerNorm(5, dtype=F64)
+    torch.testing.assert_close(ln(x)[:3], ln(x[:3]), **TOL)  # one sample does not see others
+    rms = bt.RMSNorm(5, elementwise_affine=False)(x + 10.0)
+    assert (rms.mean(dim=1) > 0.9).all()  # the shift survives: no centring
+    torch.testing.assert_close(rms.square().mean(dim=1), torch.ones(8, dtype=F64),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make,shape,match", [
+    (lambda: bt.LayerNorm(4), (2, 5), r"Given normalized_shape=\[4\], expected input with "
+                                      r"shape \[\*, 4\], but got input of size\[2, 5\]"),
+    (lambda: bt.LayerNorm((3, 4)), (4,), r"expected input with shape \[\*, 3, 4\]"),
+    (lambda: bt.RMSNorm(4), (2, 3), r"Given normalized_shape=\[4\]"),
+    (lambda: bt.GroupNorm(2, 4), (2, 6, 3), r"expected input with 4 channels \(got 6"),
+    (lambda: bt.GroupNorm(2, 4), (4,), r"expected 2D or higher input"),
+    (lambda: bt.InstanceNorm1d(3), (2, 3, 4, 5), r"expected 2D or 3D input \(got 4D input\)"),
+    (lambda: bt.InstanceNorm2d(3), (3, 4), r"expected 3D or 4D input \(got 2D input\)"),
+    (lambda: bt.InstanceNorm1d(3, affine=True), (2, 4, 5),
+     r"expected input's size at dim=1 to match num_features \(3\), but got: 4"),
+    (lambda: bt.InstanceNorm1d(3), (2, 3, 1), r"Expected more than 1 spatial element"),
+])
+def test_bad_input_raises_value_error(make, shape, match):
+    with pytest.raises(ValueError, match=match):
+        make()(torch.randn(shape))
+
+
+def test_group_count_must_divide_channels():
+    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by "
+                                         r"num_groups \(4\)"):
+        bt.GroupNorm(4, 6)
+    with pytest.raises(ValueError, match="divisible by num_groups"):
+        nn.GroupNorm(4, 6)  # the same error in torch
+    with pytest.raises(ValueError, match=r"divisible by num_groups, but got input of "
+                                         r"shape \[2, 6, 3\] and num_groups=4"):
+        bt.group_norm(torch.randn(2, 6, 3), 4)
+
+
+def test_instance_norm_without_affine_warns_on_channel_mismatch_like_torch():
+    x = torch.randn(2, 4, 5)
+    with pytest.warns(UserWarning, match="does not match num_features"):
+        ours = bt.InstanceNorm1d(3)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(ours, nn.InstanceNorm1d(3)(x))
