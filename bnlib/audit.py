@@ -1,0 +1,342 @@
+"""Audit a batch-norm module against ``torch.nn.BatchNorm1d``.
+
+:class:`NaiveBatchNorm1d` re-creates, on purpose, the defects of the module in the source
+article's section 4 (a ``BatchNorm1d`` written in a dozen lines). Each ``check_*`` function
+takes a module class, builds it with ``module_cls(num_features)``, probes one behaviour, and
+returns a :class:`CheckResult` with the measured evidence. ``torch.nn.BatchNorm1d`` and
+:class:`bnlib.torch.BatchNorm1d` pass every check; :class:`NaiveBatchNorm1d` fails every one.
+
+Example:
+    >>> import torch
+    >>> [r.passed for r in run_audit(torch.nn.BatchNorm1d)] == [True] * len(CHECKS)
+    True
+    >>> any(r.passed for r in run_audit(NaiveBatchNorm1d))
+    False
+"""
+from __future__ import annotations
+
+import gc
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CHECKS", "CheckResult", "NaiveBatchNorm1d", "check_accepts_3d_input",
+    "check_backward_through_eval_after_training", "check_normalizes_with_biased_variance",
+    "check_refuses_4d_input", "check_refuses_batch_of_one", "check_stats_carry_no_graph",
+    "check_stats_follow_to", "check_stats_in_state_dict", "count_graph_nodes",
+    "format_audit", "run_audit",
+]
+
+ModuleClass = Callable[[int], nn.Module]
+
+
+class NaiveBatchNorm1d(nn.Module):
+    """A deliberately defective batch norm in the style of the source article's example.
+
+    Training mode computes, per feature over the batch axis,
+
+    .. math::
+
+        \\mu_B = \\frac{1}{m}\\sum_i x_i, \\qquad
+        s_B^2 = \\frac{1}{m - 1}\\sum_i (x_i - \\mu_B)^2, \\qquad
+        y_i = \\gamma \\frac{x_i - \\mu_B}{\\sqrt{s_B^2 + \\epsilon}} + \\beta ,
+
+    and ``running = (1 - momentum) * running + momentum * batch_statistic``.
+
+    Its defects, each caught by one audit check:
+
+    * it normalizes with the *unbiased* variance :math:`s_B^2` (``torch.nn`` uses the biased
+      one, dividing by :math:`m`), so outputs differ and their variance is :math:`(m-1)/m`;
+    * ``running_mean`` and ``running_var`` are plain tensor attributes, not buffers: they are
+      missing from ``state_dict()`` and ``.to()`` does not move or convert them;
+    * the running statistics are computed from the input without ``detach()``, so they carry
+      autograd history that grows by one graph per step and keeps old inputs alive;
+    * it reduces over axis 0 only, so a ``(N, C, L)`` input gets per-position statistics (or
+      a shape error) and a 4-D input is not refused;
+    * a training batch of one sample gives :math:`s_B^2 = 0/0` = NaN instead of an error.
+
+    Args:
+        num_features: ``C``.
+        eps: added to the variance. Default: ``1e-5``.
+        momentum: weight of the new batch in the running averages. Default: ``0.1``.
+
+    Shape:
+        Input ``(N, C)``; output the same.
+
+    Example:
+        >>> bn = NaiveBatchNorm1d(3)
+        >>> "running_mean" in bn.state_dict()
+        False
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        # Defect: plain attributes instead of register_buffer.
+        self.running_mean = torch.zeros(num_features)
+        self.running_var = torch.ones(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            mean = x.mean(dim=0)  # (C,) for (N, C); (C, L) for (N, C, L)
+            var = x.var(dim=0)  # defect: unbiased (divides by N - 1); NaN when N == 1
+            # Defect: no torch.no_grad() / detach(), so the statistics keep the graph.
+            self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
+            self.running_var = (1 - self.momentum) * self.running_var + self.momentum * var
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight * x_hat + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one audit check.
+
+    Attributes:
+        name: the check's name, e.g. ``"stats_in_state_dict"``.
+        passed: whether the module behaved like ``torch.nn.BatchNorm1d``.
+        evidence: what was measured, in words and numbers.
+        value: the key measured number where there is one (a difference, a count), else
+            ``None``.
+    """
+
+    name: str
+    passed: bool
+    evidence: str
+    value: float | None = None
+
+
+def _inputs(shape: tuple[int, ...], seed: int = 0) -> Tensor:
+    """Seeded float64 inputs with a non-zero mean and a non-unit scale."""
+    generator = torch.Generator().manual_seed(seed)
+    return 3.0 + 2.0 * torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+
+
+def check_normalizes_with_biased_variance(module_cls: ModuleClass, num_features: int = 3,
+                                          batch_size: int = 4) -> CheckResult:
+    """Training-mode outputs equal ``torch.nn.BatchNorm1d``'s (biased variance, divide by m).
+
+    Args:
+        module_cls: called as ``module_cls(num_features)``.
+        num_features: ``C``. Default: ``3``.
+        batch_size: ``m``; small, so that ``m/(m-1)`` differs clearly from 1. Default: ``4``.
+    """
+    x = _inputs((batch_size, num_features))
+    module, reference = module_cls(num_features).double(), nn.BatchNorm1d(num_features).double()
+    with torch.no_grad():
+        y, y_ref = module(x), reference(x)
+    diff = float((y - y_ref).abs().max())
+    out_var = float(y.var(dim=0, unbiased=False).mean())
+    passed = torch.allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+    return CheckResult("normalizes_with_biased_variance", passed,
+                       f"max |y - y_torch| = {diff:.2e}; output variance {out_var:.4f} "
+                       f"(torch.nn: 1 - O(eps))", diff)
+
+
+def check_stats_in_state_dict(module_cls: ModuleClass, num_features: int = 3,
+                              steps: int = 5) -> CheckResult:
+    """``running_mean``/``running_var`` are in ``state_dict()`` and survive a save and load:
+    a fresh module that loads the state dict gives the same evaluation outputs."""
+    trained = module_cls(num_features).double()
+    with torch.no_grad():
+        for step in range(steps):
+            trained(_inputs((8, num_features), seed=step))
+    state = trained.state_dict()
+    keys = sorted(state)
+    restored = module_cls(num_features).double()
+    restored.load_state_dict(state)
+    x = _inputs((8, num_features), seed=100)
+    with torch.no_grad():
+        diff = float((trained.eval()(x) - restored.eval()(x)).abs().max())
+    has_keys = {"running_mean", "running_var"} <= set(keys)
+    passed = has_keys and diff <= 1e-12
+    return CheckResult("stats_in_state_dict", passed,
+                       f"state_dict keys {keys}; eval max diff after reload {diff:.2e}", diff)
+
+
+def check_stats_follow_to(module_cls: ModuleClass, num_features: int = 3) -> CheckResult:
+    """``.to(dtype)`` and ``.to(device)`` move the running statistics with the parameters.
+
+    The device move uses PyTorch's ``"meta"`` device, so the check runs without a GPU.
+    """
+    module = module_cls(num_features).to(torch.float64)
+    dtypes = (str(module.running_mean.dtype), str(module.running_var.dtype))
+    weight_dtype = str(module.weight.dtype)
+    module = module.to("meta")
+    devices = (module.running_mean.device.type, module.running_var.device.type)
+    passed = dtypes == ("torch.float64",) * 2 and devices == ("meta",) * 2
+    return CheckResult("stats_follow_to", passed,
+                       f".to(float64): running stats {dtypes[0]}, weight {weight_dtype}; "
+                       f".to('meta'): running stats on {devices[0]}, weight on "
+                       f"{module.weight.device.type}")
+
+
+def count_graph_nodes(tensor: Tensor) -> int:
+    """The number of autograd nodes reachable from ``tensor.grad_fn`` (0 for a leaf or a
+    tensor without history): a measure of the graph, and memory, a tensor keeps alive.
+
+    Example:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> count_graph_nodes((2 * x).sum()), count_graph_nodes(x.detach())
+        (3, 0)
+    """
+    seen: set[int] = set()
+    stack = [tensor.grad_fn] if tensor.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return len(seen)
+
+
+def check_stats_carry_no_graph(module_cls: ModuleClass, num_features: int = 3,
+                               steps: int = 5) -> CheckResult:
+    """Running statistics carry no autograd history, so nothing accumulates across steps.
+
+    Runs ``steps`` training-mode forward passes on inputs that require gradients (as the
+    output of a previous layer does), and after each one counts the autograd nodes held by
+    ``running_mean`` and ``running_var`` and the earlier inputs still alive.
+    """
+    module = module_cls(num_features).double()
+    nodes, alive = [], []
+    refs = []
+    for step in range(steps):
+        x = _inputs((8, num_features), seed=step).requires_grad_()
+        refs.append(weakref.ref(x))
+        module(x)
+        del x
+        gc.collect()
+        nodes.append(count_graph_nodes(module.running_mean)
+                     + count_graph_nodes(module.running_var))
+        alive.append(sum(r() is not None for r in refs))
+    passed = max(nodes) == 0 and max(alive) == 0
+    return CheckResult("stats_carry_no_graph", passed,
+                       f"graph nodes held by running stats after steps 1..{steps}: {nodes}; "
+                       f"inputs kept alive: {alive}", float(nodes[-1]))
+
+
+def check_backward_through_eval_after_training(module_cls: ModuleClass,
+                                               num_features: int = 3) -> CheckResult:
+    """A training step (forward and backward) followed by an evaluation-mode forward and
+    backward works, as when fine-tuning with frozen batch-norm statistics."""
+    torch.manual_seed(0)
+    linear = nn.Linear(num_features, num_features).double()
+    module = module_cls(num_features).double()
+    module(linear(_inputs((8, num_features)))).square().sum().backward()
+    module.eval()
+    try:
+        module(linear(_inputs((8, num_features), seed=1))).square().sum().backward()
+    except RuntimeError as exc:
+        return CheckResult("backward_through_eval_after_training", False, _error(exc))
+    return CheckResult("backward_through_eval_after_training", True,
+                       "second backward (eval mode) succeeded")
+
+
+def check_accepts_3d_input(module_cls: ModuleClass, num_features: int = 3,
+                           length: int = 5) -> CheckResult:
+    """A ``(N, C, L)`` input is normalized per channel over ``N`` and ``L``, as by
+    ``torch.nn.BatchNorm1d``, in training and then in evaluation mode."""
+    x = _inputs((4, num_features, length))
+    module, reference = module_cls(num_features).double(), nn.BatchNorm1d(num_features).double()
+    try:
+        with torch.no_grad():
+            diffs = [float((module(x) - reference(x)).abs().max())]
+            module.eval(), reference.eval()
+            diffs.append(float((module(x) - reference(x)).abs().max()))
+    except (RuntimeError, ValueError) as exc:
+        return CheckResult("accepts_3d_input", False, _error(exc))
+    passed = max(diffs) <= 1e-10
+    return CheckResult("accepts_3d_input", passed,
+                       f"max |y - y_torch| train {diffs[0]:.2e}, eval {diffs[1]:.2e}",
+                       max(diffs))
+
+
+def check_refuses_4d_input(module_cls: ModuleClass, num_features: int = 3) -> CheckResult:
+    """A 4-D input raises ``ValueError: expected 2D or 3D input (got 4D input)``."""
+    x = _inputs((4, num_features, 2, 2))
+    try:
+        with torch.no_grad():
+            y = module_cls(num_features).double()(x)
+    except ValueError as exc:
+        passed = "expected 2D or 3D input (got 4D input)" in str(exc)
+        return CheckResult("refuses_4d_input", passed, _error(exc))
+    except RuntimeError as exc:
+        return CheckResult("refuses_4d_input", False, f"not a clear ValueError: {_error(exc)}")
+    return CheckResult("refuses_4d_input", False,
+                       f"no error; returned a tensor of shape {tuple(y.shape)}")
+
+
+def check_refuses_batch_of_one(module_cls: ModuleClass, num_features: int = 3) -> CheckResult:
+    """Training on one sample raises ``ValueError: Expected more than 1 value per channel when
+    training`` (a variance from one value is meaningless); evaluation on one sample works."""
+    module = module_cls(num_features).double()
+    one = _inputs((1, num_features))
+    with torch.no_grad():
+        y_eval = module.eval()(one)
+        module.train()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the naive module's var() warns, then NaNs
+                y = module(one)
+        except ValueError as exc:
+            ok = "Expected more than 1 value per channel" in str(exc)
+            passed = ok and bool(torch.isfinite(y_eval).all())
+            return CheckResult("refuses_batch_of_one", passed, _error(exc))
+    nan = int(torch.isnan(y).sum())
+    return CheckResult("refuses_batch_of_one", False,
+                       f"no error; {nan} of {y.numel()} outputs are NaN", float(nan))
+
+
+CHECKS: tuple[Callable[[ModuleClass], CheckResult], ...] = (
+    check_normalizes_with_biased_variance,
+    check_stats_in_state_dict,
+    check_stats_follow_to,
+    check_stats_carry_no_graph,
+    check_backward_through_eval_after_training,
+    check_accepts_3d_input,
+    check_refuses_4d_input,
+    check_refuses_batch_of_one,
+)
+
+
+def run_audit(module_cls: ModuleClass) -> list[CheckResult]:
+    """Run every check in :data:`CHECKS` on ``module_cls``; return the results in order."""
+    return [check(module_cls) for check in CHECKS]
+
+
+def format_audit(results: dict[str, list[CheckResult]]) -> str:
+    """A plain-text pass/fail table: one row per check, one column per audited module.
+
+    Args:
+        results: module name to its :func:`run_audit` results (same checks, same order).
+
+    Example:
+        >>> print(format_audit({"torch.nn": run_audit(nn.BatchNorm1d)}).splitlines()[0])
+        check                                 torch.nn
+    """
+    names = list(results)
+    checks = [r.name for r in results[names[0]]]
+    width = max(len(c) for c in checks) + 2
+    columns = [max(len(n), 4) for n in names]
+    lines = ["check".ljust(width) + "  ".join(n.ljust(w) for n, w in zip(names, columns))]
+    for i, check in enumerate(checks):
+        cells = ("PASS" if results[n][i].passed else "FAIL" for n in names)
+        lines.append(check.ljust(width) + "  ".join(c.ljust(w) for c, w in zip(cells, columns)))
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,120 @@
+"""The audit: the naive module fails every check, torch.nn and bnlib.torch pass every one.
+
+The checks are themselves tested: each one must fail on a module that has exactly one
+defect and otherwise behaves like ``torch.nn.BatchNorm1d``, so no check passes vacuously.
+"""
+import pytest
+import torch
+from torch import nn
+
+import bnlib.torch as bt
+from bnlib.audit import (CHECKS, CheckResult, NaiveBatchNorm1d, check_accepts_3d_input,
+                         check_backward_through_eval_after_training,
+                         check_normalizes_with_biased_variance, check_refuses_4d_input,
+                         check_refuses_batch_of_one, check_stats_carry_no_graph,
+                         check_stats_follow_to, check_stats_in_state_dict, count_graph_nodes,
+                         format_audit, run_audit)
+
+CORRECT = {"torch.nn.BatchNorm1d": nn.BatchNorm1d, "bnlib.torch.BatchNorm1d": bt.BatchNorm1d}
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_naive_module_fails_every_check(check):
+    result = check(NaiveBatchNorm1d)
+    assert isinstance(result, CheckResult) and result.evidence
+    assert not result.passed, result.evidence
+
+
+@pytest.mark.parametrize("module_cls", CORRECT.values(), ids=list(CORRECT))
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_correct_modules_pass_every_check(check, module_cls):
+    result = check(module_cls)
+    assert result.passed, result.evidence
+
+
+def test_naive_module_in_2d_training_matches_its_formula():
+    # The naive module is wrong in precise ways, not random: it is torch.nn's output rescaled
+    # by sqrt((m - 1) / m) (up to eps), and its running statistics equal torch.nn's.
+    x = 1.0 + torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    naive, ref = NaiveBatchNorm1d(4, eps=1e-12).double(), nn.BatchNorm1d(4, eps=1e-12).double()
+    # .double() skips the naive module's plain-attribute statistics: convert them by hand.
+    naive.running_mean, naive.running_var = naive.running_mean.double(), naive.running_var.double()
+    with torch.no_grad():
+        y, y_ref = naive(x), ref(x)
+    torch.testing.assert_close(y, y_ref * (5 / 6) ** 0.5, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(naive.running_mean, ref.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(naive.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
+
+
+def test_graph_kept_by_naive_running_stats_grows_linearly():
+    bn = NaiveBatchNorm1d(2).double()
+    counts = []
+    for _ in range(4):
+        bn(torch.randn(5, 2, dtype=torch.float64, requires_grad=True))
+        counts.append(count_graph_nodes(bn.running_mean))
+    steps = [b - a for a, b in zip(counts, counts[1:])]
+    assert counts[0] > 0 and len(set(steps)) == 1 and steps[0] > 0
+    x = torch.ones(3, requires_grad=True)
+    assert count_graph_nodes(x) == 0 and count_graph_nodes((x * 2).sum()) == 3
+
+
+class _OneDefect(nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d with exactly one defect switched on, to test each check."""
+
+    defect = ""
+
+    def __init__(self, num_features):
+        super().__init__(num_features)
+        if self.defect == "plain_stats":
+            rm, rv = self.running_mean, self.running_var
+            del self.running_mean, self.running_var
+            self.running_mean, self.running_var = rm.double(), rv.double()
+
+    def forward(self, x):
+        if self.defect == "unbiased" and self.training:
+            n = x.shape[0]
+            return super().forward(x) * ((n - 1) / n) ** 0.5
+        if self.defect == "graph":  # torch.nn's math, but running stats not detached
+            if self.training:
+                mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+                n, m = x.shape[0], self.momentum
+                self.running_mean = (1 - m) * self.running_mean + m * mean
+                self.running_var = (1 - m) * self.running_var + m * var * n / (n - 1)
+            else:
+                mean, var = self.running_mean, self.running_var
+            return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        if self.defect == "no_3d" and x.dim() != 2:
+            raise RuntimeError("only 2-D input")
+        if self.defect == "accept_4d" and x.dim() == 4:
+            return x
+        if self.defect == "nan_for_one" and self.training and x.shape[0] == 1:
+            return torch.full_like(x, float("nan"))
+        return super().forward(x)
+
+
+def _with(defect):
+    return type(f"BN_{defect}", (_OneDefect,), {"defect": defect})
+
+
+@pytest.mark.parametrize("defect, check", [
+    ("unbiased", check_normalizes_with_biased_variance),
+    ("plain_stats", check_stats_in_state_dict),
+    ("plain_stats", check_stats_follow_to),
+    ("graph", check_stats_carry_no_graph),
+    ("graph", check_backward_through_eval_after_training),
+    ("no_3d", check_accepts_3d_input),
+    ("accept_4d", check_refuses_4d_input),
+    ("nan_for_one", check_refuses_batch_of_one),
+])
+def test_each_check_catches_its_single_defect(defect, check):
+    assert check(_OneDefect).passed  # no defect switched on: passes
+    assert not check(_with(defect)).passed
+
+
+def test_format_audit_table():
+    table = format_audit({"naive": run_audit(NaiveBatchNorm1d),
+                          "torch.nn": run_audit(nn.BatchNorm1d)})
+    lines = table.splitlines()
+    assert lines[0].split() == ["check", "naive", "torch.nn"]
+    assert len(lines) == 1 + len(CHECKS)
+    assert all(line.split()[1:] == ["FAIL", "PASS"] for line in lines[1:])
