@@ -1,5 +1,7 @@
 """Remove duplicate <script> entries from each page (Sphinx 7.4 emits sphinx-thebe's inline
-``const THEBE_JS_URL`` twice, and the browser reports a redeclared identifier)."""
+``const THEBE_JS_URL`` twice, and the browser reports a redeclared identifier).
+
+tests/browser checks that no page reports that error."""
 
 
 def _dedupe(app, pagename, templatename, context, doctree):
@@ -8,7 +10,10 @@ def _dedupe(app, pagename, templatename, context, doctree):
         return
     seen, unique = set(), []
     for script in scripts:
-        key = (str(script), getattr(script, "attributes", {}).get("body"))
+        # The same inline script arrives once with filename None and once with filename "",
+        # so compare the filename up to that difference, and the attributes (body included).
+        attributes = getattr(script, "attributes", {})
+        key = (getattr(script, "filename", str(script)) or "", tuple(sorted(attributes.items())))
         if key not in seen:
             seen.add(key)
             unique.append(script)
