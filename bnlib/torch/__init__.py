@@ -8,8 +8,10 @@ from .instancenorm import InstanceNorm1d, InstanceNorm2d, instance_norm
 from .layernorm import LayerNorm, RMSNorm, layer_norm, rms_norm
 from .precise import recompute_bn_stats
 from .renorm import BatchRenorm1d, BatchRenorm2d, batch_renorm
+from .sync import SyncBatchNorm, sync_batch_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormFunction", "batch_norm",
            "recompute_bn_stats", "fold_bn", "fold_all_bn", "GroupNorm", "group_norm",
            "InstanceNorm1d", "InstanceNorm2d", "instance_norm", "LayerNorm", "RMSNorm",
-           "layer_norm", "rms_norm", "BatchRenorm1d", "BatchRenorm2d", "batch_renorm"]
+           "layer_norm", "rms_norm", "BatchRenorm1d", "BatchRenorm2d", "batch_renorm",
+           "SyncBatchNorm", "sync_batch_norm"]
