@@ -1,14 +1,19 @@
 """LayerNorm, GroupNorm, InstanceNorm1d/2d and RMSNorm of bnlib.torch against torch.nn (2.13):
-constructor signatures, state_dict keys, repr, forward and gradients in float64."""
+constructor signatures, state_dict keys, repr, forward and gradients in float64; and the NumPy
+LayerNorm/GroupNorm forward/backward against torch and finite differences."""
 import inspect
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import bnlib.torch as bt
+from bnlib.numpy import numerical_gradient
+from bnlib.numpy.norms import (group_norm_backward, group_norm_forward, layer_norm_backward,
+                               layer_norm_forward)
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 F64 = torch.float64
@@ -155,3 +160,80 @@ def test_instance_norm_without_affine_warns_on_channel_mismatch_like_torch():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.testing.assert_close(ours, nn.InstanceNorm1d(3)(x))
+
+
+# --- NumPy LayerNorm and GroupNorm: against torch and against finite differences -----------
+
+NP_CASES = [  # (kind, input shape, layer-norm normalized_ndim or group count, affine)
+    ("layer", (4, 6), 1, True), ("layer", (2, 3, 4, 5), 2, True), ("layer", (5, 3), 1, False),
+    ("group", (4, 6, 5), 3, True), ("group", (2, 4, 3, 3), 2, True), ("group", (3, 6), 6, False),
+    ("group", (2, 4, 2, 2, 2), 1, True),
+]
+
+
+def np_forward(kind, x, arg, gamma, beta):
+    if kind == "layer":
+        return layer_norm_forward(x, gamma, beta, normalized_ndim=arg)
+    return group_norm_forward(x, arg, gamma, beta)
+
+
+def np_backward(kind, dy, cache):
+    return (layer_norm_backward if kind == "layer" else group_norm_backward)(dy, cache)
+
+
+def np_params(kind, shape, arg, affine, rng):
+    if not affine:
+        return None, None
+    pshape = shape[len(shape) - arg:] if kind == "layer" else (shape[1],)
+    return rng.normal(size=pshape), rng.normal(size=pshape)
+
+
+@pytest.mark.parametrize("kind,shape,arg,affine", NP_CASES)
+def test_numpy_norms_equal_torch(kind, shape, arg, affine):
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(2.0, 3.0, size=shape), rng.normal(size=shape)
+    gamma, beta = np_params(kind, shape, arg, affine, rng)
+    y, cache = np_forward(kind, x, arg, gamma, beta)
+    dx, dgamma, dbeta = np_backward(kind, dy, cache)
+    t = lambda a: None if a is None else torch.tensor(a, requires_grad=True)
+    xt, gt, bt_ = t(x), t(gamma), t(beta)
+    if kind == "layer":
+        yt = torch.nn.functional.layer_norm(xt, shape[len(shape) - arg:], gt, bt_, 1e-5)
+    else:
+        yt = torch.nn.functional.group_norm(xt, arg, gt, bt_, 1e-5)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-9)
+    if affine:
+        np.testing.assert_allclose(dgamma, gt.grad.numpy(), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(dbeta, bt_.grad.numpy(), rtol=1e-9, atol=1e-9)
+    else:
+        assert dgamma is None and dbeta is None
+
+
+@pytest.mark.parametrize("kind,shape,arg,affine", NP_CASES)
+def test_numpy_norms_equal_finite_differences(kind, shape, arg, affine):
+    rng = np.random.default_rng(1)
+    x, dy = rng.normal(size=shape), rng.normal(size=shape)
+    gamma, beta = np_params(kind, shape, arg, affine, rng)
+    _, cache = np_forward(kind, x, arg, gamma, beta)
+    dx, dgamma, dbeta = np_backward(kind, dy, cache)
+    num_dx = numerical_gradient(lambda v: np_forward(kind, v, arg, gamma, beta)[0], x, dy)
+    np.testing.assert_allclose(dx, num_dx, rtol=1e-6, atol=1e-8)
+    if affine:
+        num_dg = numerical_gradient(lambda g: np_forward(kind, x, arg, g, beta)[0], gamma, dy)
+        num_db = numerical_gradient(lambda b: np_forward(kind, x, arg, gamma, b)[0], beta, dy)
+        np.testing.assert_allclose(dgamma, num_dg, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(dbeta, num_db, rtol=1e-6, atol=1e-8)
+
+
+def test_numpy_norms_bad_input():
+    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by "
+                                         r"num_groups \(4\)"):
+        group_norm_forward(np.ones((2, 6, 3)), 4)
+    with pytest.raises(ValueError, match=r"expected gamma of shape \(4,\)"):
+        group_norm_forward(np.ones((2, 4, 3)), 2, gamma=np.ones(3))
+    with pytest.raises(ValueError, match=r"Given normalized_shape=\[5\], expected gamma"):
+        layer_norm_forward(np.ones((2, 5)), gamma=np.ones(4))
+    with pytest.raises(ValueError, match=r"expected 1 <= normalized_ndim <= 2"):
+        layer_norm_forward(np.ones((2, 5)), normalized_ndim=3)
