@@ -1,0 +1,75 @@
+"""The learning-rate sweep (bnlib.experiments.lr_sweep): divergence flag, stable range, and a
+short sweep whose cells equal independent training runs."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bnlib.experiments import History, load_digits_split, mlp, train  # noqa: E402
+from bnlib.experiments.lr_sweep import SweepResult, is_diverged, lr_sweep, stable_range  # noqa: E402
+from bnlib.plotting import plot_lr_sweep  # noqa: E402
+
+SPLIT = load_digits_split()
+
+
+def test_is_diverged_flags_non_finite_and_worse_than_uniform_losses():
+    uniform = math.log(10)
+    assert is_diverged(History(train_loss=[2.3, 1.1 * uniform + 1e-6]))
+    assert not is_diverged(History(train_loss=[2.3, 1.1 * uniform - 1e-6]))  # stuck, not diverged
+    assert is_diverged(History(train_loss=[2.3, float("inf")]))
+    assert is_diverged(History(train_loss=[2.3], diverged=True))
+    assert is_diverged(History(train_loss=[1.0, 1.5]), num_classes=2, tolerance=0.5)
+
+
+def test_stable_range_is_the_longest_contiguous_stretch():
+    lrs = np.array([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
+    assert stable_range(lrs, np.array([1, 0, 1, 1, 1, 0], bool)) == (1.0, 100.0)
+    assert stable_range(lrs, np.array([1, 1, 0, 1, 1, 0], bool)) == (0.01, 0.1)  # tie: lower
+    assert stable_range(lrs, np.array([0, 0, 0, 0, 0, 1], bool)) == (1000.0, 1000.0)
+    assert stable_range(lrs, np.zeros(6, bool)) is None
+
+
+def test_stable_needs_every_seed_on_target_and_none_diverged():
+    acc = np.array([[0.95, 0.95], [0.95, 0.85], [0.95, 0.95]])
+    div = np.array([[False, False], [False, False], [True, False]])
+    result = SweepResult(np.array([0.1, 1.0, 10.0]), (0, 1), 10, {"batch": acc},
+                         {"batch": np.zeros((3, 2))}, {"batch": div})
+    assert result.stable("batch", 0.9).tolist() == [True, False, False]
+    assert result.stable_range("batch", 0.9) == (0.1, 0.1)
+    assert result.stable_range("batch", 0.99) is None
+
+
+def test_short_sweep_cells_equal_independent_runs_and_flag_divergence():
+    result = lr_sweep([300.0, 0.3], seeds=(0, 1), steps=60, eval_every=20, split=SPLIT)
+    np.testing.assert_array_equal(result.lrs, [0.3, 300.0])  # sorted
+    assert result.final_test_accuracy["batch"].shape == (2, 2)
+    # Reference: the same cell trained directly.
+    torch.manual_seed(1)
+    h = train(mlp(norm="batch"), SPLIT, steps=60, lr=0.3, seed=1, eval_every=20)
+    assert result.final_test_accuracy["batch"][0, 1] == h.test_accuracy[-1]
+    assert result.final_train_loss["batch"][0, 1] == h.train_loss[-1]
+    assert result.diverged["none"][1].all() and result.diverged["batch"][1].all()
+    assert not result.diverged["batch"][0].any() and not result.diverged["none"][0].any()
+    assert (result.final_test_accuracy["batch"][0] > 0.8).all()
+    assert (result.final_test_accuracy["none"][0] < 0.3).all()  # stuck near chance at lr 0.3
+    with pytest.raises(ValueError, match="positive"):
+        lr_sweep([0.0, 1.0], steps=1, split=SPLIT)
+
+
+def test_plot_lr_sweep_marks_each_diverged_run():
+    acc = np.array([[0.9, 0.92], [0.1, 0.3]])
+    div = np.array([[False, False], [True, False]])
+    result = SweepResult(np.array([0.1, 10.0]), (0, 1), 10, {"batch": acc},
+                         {"batch": np.zeros((2, 2))}, {"batch": div})
+    fig, ax = plt.subplots()
+    plot_lr_sweep(result, ax, norms=("batch",), target=0.9)
+    assert ax.get_xscale() == "log"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.91, 0.2])
+    (crosses,) = ax.collections[1:]  # [0] is the seed band
+    np.testing.assert_array_equal(crosses.get_offsets(), [[10.0, 0.1]])
+    plt.close(fig)
