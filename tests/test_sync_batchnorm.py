@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import bnlib.torch as bt
+from bnlib.torch.data_parallel import train_data_parallel
 from bnlib.torch.sync import SyncBatchNorm, launch, merge_moments
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -73,6 +74,10 @@ def worker(rank, world_size):
                             slice(start, start + split[rank]))
     model = SyncBatchNorm.convert_sync_batchnorm(mlp())
     results["model"] = run_model(model, slice(5 * rank, 5 * rank + 5))
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4, dtype=F64), torch.arange(40) % 2
+    results["trained"] = train_data_parallel(SyncBatchNorm.convert_sync_batchnorm(mlp()), x, y,
+                                             per_process_batch=3, steps=3, lr=0.5).state_dict()
     try:  # torch's own SyncBatchNorm refuses CPU tensors once a group exists
         nn.SyncBatchNorm(C)(torch.randn(4, C))
         results["torch_cpu_error"] = None
@@ -118,6 +123,21 @@ def test_converted_model_equals_single_process_model(two_ranks):
     for state in (state0, state1):
         for name, value in ref_state.items():
             torch.testing.assert_close(state[name], value, **TOL)
+
+
+def test_data_parallel_training_with_sync_bn_equals_one_process_on_the_global_batch(two_ranks):
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4, dtype=F64), torch.arange(40) % 2
+    model, generator = mlp(), torch.Generator().manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        idx = torch.randperm(40, generator=generator)[:6]  # the global batch of 2 x 3 rows
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        optimizer.step()
+    for rank in two_ranks:
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(rank["trained"][name], value, **TOL)
 
 
 def test_torch_sync_batchnorm_refuses_cpu_in_a_process_group(two_ranks):
