@@ -10,6 +10,7 @@ from torch import nn
 
 from bnlib.experiments import load_digits_split, mlp
 from bnlib.experiments.depth_stats import (derivative_ratio, depth_stats, init_normal_,
+                                           residual_mlp,
                                            layer_stats, saturated_fraction)
 
 SPLIT = load_digits_split()
@@ -115,3 +116,23 @@ def test_layer_stats_rejects_models_it_cannot_read():
     mixed = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 10))
     with pytest.raises(ValueError, match="one kind of nonlinearity"):
         layer_stats(mixed, x, y)
+
+
+def test_residual_mlp_adds_the_identity_around_each_later_layer():
+    torch.manual_seed(0)
+    net = residual_mlp(depth=3, activation="tanh", norm="none").double()
+    x = SPLIT.x_train[:5].double()
+    h = torch.tanh(net[0](x))  # layer 1: (N, 100)
+    for block in net[2:4]:
+        h = h + torch.tanh(block.linear(h))  # (N, 100)
+    torch.testing.assert_close(net(x), net[4](h), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="activation"):
+        residual_mlp(activation="gelu")
+
+
+def test_deep_bn_net_gradients_explode_without_shortcuts_and_not_with_them():
+    plain = depth_stats("relu", "batch", depth=30, num_samples=250)
+    residual = depth_stats("relu", "batch", depth=30, num_samples=250, residual=True)
+    assert plain.depth == residual.depth == 30
+    assert plain.gradient_ratio > 30, plain.gradient_ratio  # Yang et al. (2019)
+    assert residual.gradient_ratio < min(15.0, plain.gradient_ratio / 10)

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split, load_digits_split
-from .models import ACTIVATIONS, mlp
+from .models import ACTIVATIONS, make_norm, mlp
 from .train import train
 
-__all__ = ["LayerStats", "derivative_ratio", "saturated_fraction", "init_normal_",
-           "layer_stats", "depth_stats"]
+__all__ = ["LayerStats", "ResidualBlock", "derivative_ratio", "saturated_fraction",
+           "init_normal_", "residual_mlp", "layer_stats", "depth_stats"]
 
 _ACTIVATION_TYPES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu"}
 
@@ -109,6 +109,51 @@ def init_normal_(model: nn.Module, gain: float) -> nn.Module:
     return model
 
 
+class ResidualBlock(nn.Module):
+    """``h -> h + f(norm(W h))``: a hidden layer with an identity shortcut (He et al., 2016).
+
+    Args:
+        width: units in and out.
+        activation: ``"sigmoid"``, ``"tanh"`` or ``"relu"``.
+        norm: a :func:`~bnlib.experiments.make_norm` name; the Linear has no bias when a norm
+            follows it. Default: ``"batch"``.
+
+    Shape:
+        ``(N, width) -> (N, width)``.
+    """
+
+    def __init__(self, width: int, activation: str, norm: str = "batch"):
+        super().__init__()
+        norm_layer = make_norm(norm, width)
+        self.linear = nn.Linear(width, width, bias=norm_layer is None)
+        self.norm = norm_layer if norm_layer is not None else nn.Identity()
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.act(self.norm(self.linear(h)))  # (N, width)
+
+
+def residual_mlp(in_features: int = 64, hidden: int = 100, depth: int = 10,
+                 num_classes: int = 10, activation: str = "relu", norm: str = "batch"
+                 ) -> nn.Sequential:
+    """:func:`~bnlib.experiments.mlp` with identity shortcuts around hidden layers 2 to ``depth``.
+
+    Layer 1 maps the inputs to ``hidden`` units (``Linear -> [norm] -> f``), each later layer
+    is a :class:`ResidualBlock`, then a Linear classifier, so the network has the same
+    Linear layers, norms and nonlinearities as ``mlp`` and only the shortcuts differ.
+
+    Example:
+        >>> net = residual_mlp(depth=3)
+        >>> net(torch.zeros(4, 64)).shape, sum(isinstance(m, nn.Linear) for m in net.modules())
+        (torch.Size([4, 10]), 4)
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"expected activation in {sorted(ACTIVATIONS)} (got {activation!r})")
+    first = mlp(in_features, hidden, depth=1, activation=activation, norm=norm)[:-1]
+    blocks = [ResidualBlock(hidden, activation, norm) for _ in range(depth - 1)]
+    return nn.Sequential(*first, *blocks, nn.Linear(hidden, num_classes))
+
+
 @dataclass
 class LayerStats:
     """What :func:`layer_stats` measures, one entry per hidden layer (input side first).
@@ -154,8 +199,8 @@ def layer_stats(model: nn.Sequential, x: Tensor, y: Tensor) -> LayerStats:
     ``torch.autograd.grad``) and BN running statistics are restored after the pass.
 
     Args:
-        model: an :func:`~bnlib.experiments.mlp`: hidden layers ``Linear -> [norm] -> f``,
-            then a Linear classifier.
+        model: an :func:`~bnlib.experiments.mlp` or :func:`residual_mlp`: hidden layers
+            ``Linear -> [norm] -> f`` (registered in forward order), then a Linear classifier.
         x: ``(N, in_features)`` inputs.
         y: ``(N,)`` labels.
 
@@ -169,13 +214,14 @@ def layer_stats(model: nn.Sequential, x: Tensor, y: Tensor) -> LayerStats:
         >>> stats.depth, stats.gradient_ratio < 1e-6
         (10, True)
     """
-    acts = [(m, _ACTIVATION_TYPES[type(m)]) for m in model if type(m) in _ACTIVATION_TYPES]
+    acts = [(m, _ACTIVATION_TYPES[type(m)]) for m in model.modules()
+            if type(m) in _ACTIVATION_TYPES]
     if not acts:
         raise ValueError("expected a model with sigmoid, tanh or relu layers (got none)")
     names = {name for _, name in acts}
     if len(names) != 1:
         raise ValueError(f"expected one kind of nonlinearity (got {sorted(names)})")
-    linears = [m for m in model if isinstance(m, nn.Linear)][:-1]  # hidden layers only
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]  # hidden only
     if len(linears) != len(acts):
         raise ValueError(f"expected one Linear per nonlinearity before the classifier "
                          f"(got {len(linears)} Linear and {len(acts)} nonlinearities)")
@@ -207,7 +253,7 @@ def layer_stats(model: nn.Sequential, x: Tensor, y: Tensor) -> LayerStats:
 def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10,
                 width: int = 100, init_gain: float | None = None, steps: int = 0,
                 lr: float = 0.1, seed: int = 0, num_samples: int = 500,
-                split: Split | None = None) -> LayerStats:
+                split: Split | None = None, residual: bool = False) -> LayerStats:
     """Build a seeded deep MLP, optionally train it a few steps, and measure its layers.
 
     Args:
@@ -226,6 +272,8 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
         num_samples: the first ``num_samples`` training samples form the measured batch.
             Default: ``500``.
         split: the data; ``None`` loads :func:`~bnlib.experiments.load_digits_split` (unit scale).
+        residual: build :func:`residual_mlp` (identity shortcuts) instead of
+            :func:`~bnlib.experiments.mlp`. Default: ``False``.
 
     Example:
         >>> stats = depth_stats(norm="batch")
@@ -234,8 +282,9 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
     """
     split = load_digits_split() if split is None else split
     torch.manual_seed(seed)
-    model = mlp(in_features=split.num_features, hidden=width, depth=depth,
-                activation=activation, norm=norm)
+    build = residual_mlp if residual else mlp
+    model = build(in_features=split.num_features, hidden=width, depth=depth,
+                  activation=activation, norm=norm)
     if init_gain is not None:
         init_normal_(model, init_gain)
     if steps > 0:
