@@ -1,0 +1,59 @@
+"""benchmarks/bn_speed.py runs end to end at small size and keeps its output contract: a
+table, the targets, and one final JSON line mapping "shape/pass" to numbers. Timing values
+are not asserted (the machine is shared); only their structure is."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bn_speed.py"
+
+
+def load_module():
+    if "bn_speed" not in sys.modules:  # dataclasses need the module registered
+        spec = importlib.util.spec_from_file_location("bn_speed", SCRIPT)
+        sys.modules["bn_speed"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["bn_speed"])
+    return sys.modules["bn_speed"]
+
+
+def test_quick_run_prints_table_targets_and_json_line():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", "--repeats", "1", "--no-compile"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    bn_speed = load_module()
+    expected = {"x".join(map(str, s)) + "/" + p
+                for s in bn_speed.QUICK_SHAPES for p in bn_speed.PASSES}
+    for key in ("ratios_fast_numpy_vs_native", "bandwidth_fraction_fast_numpy"):
+        assert set(summary[key]) == expected, key
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                   for v in summary[key].values()), summary[key]
+    assert summary["repeats"] == 1
+    table = [line for line in lines if line.startswith("| (")]
+    assert len(table) == len(expected) * len(bn_speed.VARIANTS)
+    assert all("skipped (--no-compile)" in line for line in table if "bt-compiled" in line)
+    assert sum(line.startswith("target: ") for line in lines) == 3
+
+
+def test_a_failing_implementation_is_reported_in_the_table_not_raised():
+    bn_speed = load_module()
+    case = bn_speed.Case((4, 3), "forward")
+    case.fns["bt-compiled"] = lambda: (_ for _ in ()).throw(RuntimeError("no compiler\nmore"))
+    case.fns["copy"] = lambda: np.zeros(3)
+    bn_speed.warm_up([case])
+    assert "bt-compiled" not in case.fns
+    assert case.unavailable["bt-compiled"] == "failed: RuntimeError: no compiler"
+
+
+def test_missing_compiler_is_detected(monkeypatch):
+    bn_speed = load_module()
+    monkeypatch.setattr(bn_speed.shutil, "which", lambda name: None)
+    assert "no C++ compiler" in bn_speed.compile_reason()
