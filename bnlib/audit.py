@@ -304,6 +304,8 @@ def check_refuses_batch_of_one(module_cls: ModuleClass, num_features: int = 3) -
                        f"no error; {nan} of {y.numel()} outputs are NaN", float(nan))
 
 
+#: Every check, in the order of the audit table; each takes a module class and returns a
+#: :class:`CheckResult`.
 CHECKS: tuple[Callable[[ModuleClass], CheckResult], ...] = (
     check_normalizes_with_biased_variance,
     check_stats_in_state_dict,

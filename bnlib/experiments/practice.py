@@ -387,6 +387,7 @@ class FrozenStatsBatchNorm(nn.Module):
         self.bn = bn.eval()
 
     def train(self, mode: bool = True) -> "FrozenStatsBatchNorm":
+        """Set this wrapper's mode; the wrapped layer stays in evaluation mode."""
         super().train(mode)
         self.bn.eval()
         return self
@@ -444,8 +445,9 @@ class FinetuneRun:
     Attributes:
         frozen: batch-norm statistics frozen (``True``) or batch norm in training mode.
         history: the fine-tuning :class:`~bnlib.experiments.History` (step 0 = pretrained).
-        stats_error_before, stats_error_after: :func:`running_stats_error` on the training
-            set before and after fine-tuning.
+        stats_error_before: :func:`running_stats_error` on the training set before
+            fine-tuning.
+        stats_error_after: the same after fine-tuning.
     """
 
     frozen: bool
