@@ -27,8 +27,8 @@ The functions here keep the math and the results but move the least data:
   *pattern* that stays in cache, so every elementwise step is a contiguous in-place NumPy
   operation (NumPy runs those about twice as fast as broadcasting or out-of-place ones).
   Folding rounds ``a_c x`` at the magnitude of ``x``: when ``|mu_c| / sigma_c`` exceeds
-  :data:`FOLD_MAX_OFFSET` it would lose more than four bits, and the pass subtracts the
-  mean first instead.
+  ``FOLD_MAX_OFFSET`` it would lose more than four bits, and the pass subtracts the mean
+  first instead.
 * **Accurate variance.** The statistics are the shifted two-pass kind: a first, short pass
   over one block per channel gives a shift ``K_c`` (that block's mean); the main pass sums
   ``d = x - K_c`` and ``d^2`` block by block in cache, and the blocks are merged in float64
@@ -88,7 +88,7 @@ def block_layout(shape3: tuple[int, int, int], itemsize: int,
     Args:
         shape3: ``(N, C, L)``; ``L = 1`` for ``(N, C)`` input.
         itemsize: bytes per element.
-        block_bytes: target block size. Default: :data:`DEFAULT_BLOCK_BYTES`.
+        block_bytes: target block size. Default: ``DEFAULT_BLOCK_BYTES`` (256 KiB).
 
     Example:
         >>> block_layout((4096, 1024, 1), 4), block_layout((64, 64, 3136), 4)
@@ -143,12 +143,14 @@ def _channel_sums(a: np.ndarray, shape: tuple[int, int, int], ones: np.ndarray) 
     return rows.reshape(nb, cb).sum(axis=0, dtype=np.float64)  # (cb,)
 
 
-def _channel_dots(a: np.ndarray, b: np.ndarray, shape, ones: np.ndarray) -> np.ndarray:
-    """Per-channel sums of ``a * b`` in float64, shape ``(cb,)``; overwrites ``b``."""
+def _channel_dots(a: np.ndarray, b: np.ndarray, shape, ones: np.ndarray,
+                  scratch: np.ndarray) -> np.ndarray:
+    """Per-channel sums of ``a * b`` in float64, shape ``(cb,)``; may overwrite ``scratch``
+    (which may be ``b``)."""
     nb, cb, lb = shape
     if lb == 1:
-        np.multiply(b, a, out=b)  # in place, in cache
-        return _channel_sums(b, shape, ones)
+        np.multiply(b, a, out=scratch)  # in cache
+        return _channel_sums(scratch, shape, ones)
     rows = np.einsum("ij,ij->i", a.reshape(nb * cb, lb), b.reshape(nb * cb, lb))  # (nb*cb,)
     return rows.reshape(nb, cb).sum(axis=0, dtype=np.float64)
 
@@ -230,7 +232,7 @@ def _stats(x3: np.ndarray, blocks: _Blocks):
             db -= pattern[:size]  # d = x - K, in place, in cache
             count = shape[0] * shape[2]
             s1 = _channel_sums(db, shape, ones)  # (cb,) float64
-            s2 = _channel_dots(db, db, shape, ones)  # (cb,) float64
+            s2 = _channel_dots(db, db, shape, ones, db)  # (cb,) float64
             means[k, c] = shift + s1 / count
             m2s[k, c] = s2 - s1 * s1 / count
             counts[k] = count
@@ -249,7 +251,7 @@ def batch_stats_fast(x, block_bytes: int = DEFAULT_BLOCK_BYTES):
     Args:
         x: ``(N, C)`` or ``(N, C, *spatial)``, float32 or float64, more than one value
             per channel.
-        block_bytes: bytes per block. Default: :data:`DEFAULT_BLOCK_BYTES`.
+        block_bytes: bytes per block. Default: ``DEFAULT_BLOCK_BYTES`` (256 KiB).
 
     Returns:
         ``(mean, var)``, each float64 of shape ``(C,)``.
@@ -277,7 +279,8 @@ class FastBatchNormCache:
         mean, var, inv_std: float64 per-channel statistics, shape ``(C,)``.
         gamma: float64 scale, shape ``(C,)``, or ``None``.
         eps: the epsilon used.
-        folded: whether the mean was folded into the shift (see :data:`FOLD_MAX_OFFSET`).
+        folded: whether the mean was folded into the shift (see
+            ``bnlib.numpy.fast.FOLD_MAX_OFFSET``).
         block_bytes: the block size used.
     """
 
@@ -304,7 +307,7 @@ def batch_norm_forward_fast(x, gamma, beta, eps: float = 1e-5, out: np.ndarray |
     of ``x.dtype``), computed in two blocked passes: :func:`batch_stats_fast`, then
     ``y = a_c x + b_c`` with ``a_c = gamma_c / sqrt(var_c + eps)`` and
     ``b_c = beta_c - mu_c a_c`` (or ``y = (x - mu_c) a_c + beta_c`` when folding would lose
-    bits, see :data:`FOLD_MAX_OFFSET`).
+    bits, see ``bnlib.numpy.fast.FOLD_MAX_OFFSET``).
 
     Args:
         x: input, shape ``(N, C)`` or ``(N, C, *spatial)``, float32 or float64.
@@ -314,7 +317,7 @@ def batch_norm_forward_fast(x, gamma, beta, eps: float = 1e-5, out: np.ndarray |
         out: preallocated C-contiguous output of ``x``'s shape and dtype, reused across
             calls to avoid page faults on a fresh array; must not alias ``x``.
             Default: ``None`` (allocate).
-        block_bytes: bytes per in-cache block. Default: :data:`DEFAULT_BLOCK_BYTES`.
+        block_bytes: bytes per in-cache block. Default: ``DEFAULT_BLOCK_BYTES`` (256 KiB).
 
     Returns:
         ``(y, cache)``: the output (``out`` when given) and a :class:`FastBatchNormCache`.
@@ -415,13 +418,17 @@ def batch_norm_backward_fast(dy, cache: FastBatchNormCache, out: np.ndarray | No
     delta = cache.mean - mu  # (C,)  float64 rounding of the centre
     sum_dy, sum_dy_xc = np.zeros(C), np.zeros(C)  # (C,) float64
     for c, run in blocks.runs():  # pass 1: reductions
-        mu_pat = _pattern(mu[c], nb, lb, dt)
+        mu_pat = None if cache.folded else _pattern(mu[c], nb, lb, dt)
         for _, n, l, shape, size in run:
-            db, dyb = d[:size], _flat(dy3, n, c, l)
-            np.copyto(db, _flat(x3, n, c, l))
-            db -= mu_pat[:size]  # x - mu, in cache
+            db, dyb, xb = d[:size], _flat(dy3, n, c, l), _flat(x3, n, c, l)
             sum_dy[c] += _channel_sums(dyb, shape, ones)
-            sum_dy_xc[c] += _channel_dots(dyb, db, shape, ones)
+            if mu_pat is not None:
+                np.copyto(db, xb)
+                db -= mu_pat[:size]  # x - mu, in cache
+                xb = db
+            sum_dy_xc[c] += _channel_dots(dyb, xb, shape, ones, db)
+    if cache.folded:  # sum(dy * x) - mu sum(dy): loses at most log2(1 + |mu| / sigma) bits
+        sum_dy_xc -= mu * sum_dy
     sum_dy_xc -= delta * sum_dy  # centred on the float64 mean
     m = cache.count
     A = cache.inv_std if cache.gamma is None else cache.gamma * cache.inv_std  # (C,)
