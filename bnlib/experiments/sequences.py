@@ -32,6 +32,8 @@ import bnlib.torch as bt
 __all__ = ["KINDS", "Drift", "masked_batch_norm", "normalize_tokens", "pad_sequences",
            "padding_drift", "random_sequences", "sequence_drift"]
 
+#: The normalizations compared, in order BN over (batch, time), BN over the real tokens
+#: only, LayerNorm and RMSNorm over each token's features.
 KINDS = ("batch", "masked batch", "layer", "rms")
 
 
