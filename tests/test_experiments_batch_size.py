@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnlib.experiments import load_digits_split, mlp, small_cnn, train
+from bnlib.experiments import accuracy, load_digits_split, mlp, small_cnn, train
 from bnlib.experiments.batch_size import batch_size_sweep, scaled_lr, steps_for_epochs
 
 
@@ -41,6 +41,9 @@ def test_sweep_shapes_schedule_and_seeds():
     direct = train(mlp(norm="layer", activation="relu", depth=2), split, steps=15,
                    batch_size=8, lr=0.0125, seed=1, momentum=0.9, eval_every=15)
     assert sweep.error("layer")[1, 1] == 1 - direct.final_test_accuracy
+    kept = sweep.models[("layer", 8, 1)]
+    assert not kept.training and len(sweep.models) == 8
+    assert 1 - accuracy(kept, split.x_test, split.y_test) == sweep.error("layer")[1, 1]
     np.testing.assert_array_equal(batch_size_sweep(split, **kwargs).test_error, sweep.test_error)
     # Different seeds give different runs.
     assert not np.array_equal(sweep.test_error[..., 0], sweep.test_error[..., 1])

@@ -9,7 +9,7 @@ the learning rate scaled linearly with the batch size (Goyal et al. 2017), as Wu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -63,6 +63,8 @@ class BatchSizeSweep:
         test_error: ``(norms, B, seeds)`` final test error in [0, 1] (1 for a diverged run).
         steps: ``(B,)`` SGD steps per run at each batch size.
         lr: ``(B,)`` learning rate at each batch size.
+        models: ``(norm, batch_size, seed) -> trained network`` (in evaluation mode), for
+            further measurements such as recomputing BN's statistics.
     """
 
     norms: tuple[str, ...]
@@ -71,6 +73,7 @@ class BatchSizeSweep:
     test_error: np.ndarray
     steps: np.ndarray
     lr: np.ndarray
+    models: dict[tuple[str, int, int], nn.Module] = field(default_factory=dict)
 
     def error(self, norm: str) -> np.ndarray:
         """``(B, seeds)`` test errors of one normalization."""
@@ -123,6 +126,7 @@ def batch_size_sweep(split: Split, norms: Sequence[str] = ("batch", "group", "la
     steps = np.array([steps_for_epochs(n_train, b, epochs) for b in batch_sizes])
     lrs = np.array([scaled_lr(b, base_lr, base_batch_size) for b in batch_sizes])
     error = np.zeros((len(norms), len(batch_sizes), len(seeds)))  # (norms, B, seeds)
+    models: dict[tuple[str, int, int], nn.Module] = {}
     for i, norm in enumerate(norms):
         for j, batch_size in enumerate(batch_sizes):
             for k, seed in enumerate(seeds):
@@ -132,4 +136,6 @@ def batch_size_sweep(split: Split, norms: Sequence[str] = ("batch", "group", "la
                                 lr=float(lrs[j]), seed=seed, momentum=momentum,
                                 eval_every=int(steps[j]))
                 error[i, j, k] = 1.0 - history.final_test_accuracy
-    return BatchSizeSweep(tuple(norms), np.array(batch_sizes), tuple(seeds), error, steps, lrs)
+                models[(norm, int(batch_size), int(seed))] = net.eval()
+    return BatchSizeSweep(tuple(norms), np.array(batch_sizes), tuple(seeds), error, steps, lrs,
+                          models)
