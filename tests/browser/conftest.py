@@ -5,6 +5,7 @@ The built HTML (``_build/html``, or the folder named by ``BNBOOK_HTML``) is serv
 Playwright. Every request that leaves 127.0.0.1 is blocked, so the check proves that the book
 renders offline. Without chromium the check skips, except in CI (``CI=true``), where it fails.
 """
+import contextlib
 import os
 import shutil
 import socket
@@ -80,28 +81,36 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def base_url(html_dir):
-    """Serve the built book on 127.0.0.1 for the whole session; yield its root URL."""
+@contextlib.contextmanager
+def serve(directory):
+    """Serve ``directory`` with ``python -m http.server`` on 127.0.0.1; yield its root URL."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(html_dir)],
+         "--directory", str(directory)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(url + "index.html", timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"http.server did not start on port {port}", pytrace=False)
-            time.sleep(0.1)
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"http.server did not start on port {port}", pytrace=False)
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def base_url(html_dir):
+    """The built book, served on 127.0.0.1 for the whole session."""
+    with serve(html_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
