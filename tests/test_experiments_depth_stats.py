@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlib.experiments import load_digits_split, mlp
-from bnlib.experiments.depth_stats import (derivative_ratio, depth_stats, init_normal_,
-                                           residual_mlp,
-                                           layer_stats, saturated_fraction)
+from bnlib.experiments.depth_stats import (LayerStats, derivative_ratio, depth_stats,
+                                           init_normal_, layer_stats, residual_mlp,
+                                           saturated_fraction)
 
 SPLIT = load_digits_split()
 FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
@@ -136,3 +136,12 @@ def test_deep_bn_net_gradients_explode_without_shortcuts_and_not_with_them():
     assert plain.depth == residual.depth == 30
     assert plain.gradient_ratio > 30, plain.gradient_ratio  # Yang et al. (2019)
     assert residual.gradient_ratio < min(15.0, plain.gradient_ratio / 10)
+
+
+def test_post_activation_std_measures_dependence_on_the_input_only():
+    constant_per_unit = torch.arange(5.0).repeat(8, 1)  # (8, 5): units differ, samples do not
+    varying = torch.tensor([[0.0, 1.0], [2.0, 5.0]])  # per-unit stds sqrt(2) and sqrt(8)
+    stats = LayerStats("tanh", [constant_per_unit, varying], [constant_per_unit, varying],
+                       np.ones(2))
+    np.testing.assert_allclose(stats.post_activation_std(), [0.0, (2 ** 0.5 + 8 ** 0.5) / 2],
+                               rtol=1e-6)

@@ -181,8 +181,9 @@ class LayerStats:
                          for z in self.pre_activation])
 
     def post_activation_std(self) -> np.ndarray:
-        """``(depth,)`` standard deviation of each layer's outputs over batch and units."""
-        return np.array([float(a.std()) for a in self.post_activation])
+        """``(depth,)`` how much each layer's output depends on the input: the standard
+        deviation over the batch of every unit's output, averaged over the units."""
+        return np.array([float(a.std(dim=0).mean()) for a in self.post_activation])
 
     @property
     def gradient_ratio(self) -> float:
