@@ -59,3 +59,19 @@ def test_running_stats_gap_is_zero_for_exact_statistics(trained):
     assert gap.mean_error[0] < 1e-5 and abs(gap.var_ratio[0] - 1) < 1e-5
     gap = running_stats_gap(model, split.x_train)
     assert len(gap.mean_error) == 3 and all(e > 0 for e in gap.mean_error)
+
+
+def test_ema_vs_precise_lags_only_with_small_momentum():
+    from bnlib.experiments.inference import ema_vs_precise
+    split = load_digits_split()
+    results = {}
+    for momentum in (1.0, 0.001):
+        torch.manual_seed(0)
+        results[momentum] = ema_vs_precise(mlp(norm="batch"), split, [20, 40],
+                                           momentum=momentum, lr=0.5)
+    fast, slow = results[1.0], results[0.001]
+    assert fast.steps == slow.steps == [20, 40]
+    # training does not depend on momentum, so the precise statistics are identical
+    assert fast.precise_accuracy == slow.precise_accuracy
+    # momentum 0.001 leaves the running statistics near their initial values: chance level
+    assert max(slow.ema_accuracy) < 0.3 < min(slow.precise_accuracy)

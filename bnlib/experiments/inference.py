@@ -8,16 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BN_TYPES", "batch_stat_accuracy", "bn_layers", "StatsGap", "running_stats_gap"]
+from bnlib.torch.precise import is_batch_norm
 
-BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+__all__ = ["EmaVsPrecise", "StatsGap", "batch_stat_accuracy", "bn_layers", "ema_vs_precise",
+           "running_stats_gap"]
 
 
 def bn_layers(model: nn.Module) -> list[nn.Module]:
     """Every batch-norm layer of ``model`` (bnlib's or torch's), in module order."""
-    from bnlib.torch.batchnorm import _BatchNorm  # bnlib's own base class
-
-    return [m for m in model.modules() if isinstance(m, (_BatchNorm,) + BN_TYPES)]
+    return [m for m in model.modules() if is_batch_norm(m)]
 
 
 @torch.no_grad()
@@ -93,3 +92,49 @@ def running_stats_gap(model: nn.Module, x: Tensor) -> StatsGap:
         mean_error.append(float(((layer.running_mean - pop_mean).abs() / pop_var.sqrt()).max()))
         var_ratio.append(float((layer.running_var / pop_var).median()))
     return StatsGap(mean_error, var_ratio)
+
+
+@dataclass
+class EmaVsPrecise:
+    """Test accuracy during training with two sets of inference statistics.
+
+    Attributes:
+        steps: the training steps at which both were measured.
+        ema_accuracy: with the running (exponential-moving-average) statistics.
+        precise_accuracy: with statistics recomputed over the training set with the weights
+            of that step (:func:`bnlib.torch.recompute_bn_stats`).
+    """
+
+    steps: list[int]
+    ema_accuracy: list[float]
+    precise_accuracy: list[float]
+
+
+def ema_vs_precise(model: nn.Module, split, checkpoints: list[int], momentum: float = 0.1,
+                   lr: float = 0.5, batch_size: int = 60, seed: int = 0) -> EmaVsPrecise:
+    """Train ``model`` and, at each checkpoint step, measure test accuracy with its EMA
+    running statistics and with precise statistics (Wu & Johnson 2021), computed on a copy
+    over the training set in batches of ``batch_size``; the model's own statistics are
+    never touched, so training proceeds exactly as without the measurements."""
+    from bnlib.torch.precise import recompute_bn_stats
+
+    from .train import accuracy, train
+
+    for layer in bn_layers(model):
+        layer.momentum = momentum
+    result = EmaVsPrecise([], [], [])
+    x, n = split.x_train, len(split.x_train)
+    train_batches = [x[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+    def measure(step: int, net: nn.Module) -> None:
+        if step not in checkpoints:
+            return
+        result.steps.append(step)
+        result.ema_accuracy.append(accuracy(net, split.x_test, split.y_test))
+        precise = copy.deepcopy(net)
+        recompute_bn_stats(precise, train_batches)
+        result.precise_accuracy.append(accuracy(precise, split.x_test, split.y_test))
+
+    train(model, split, steps=max(checkpoints), batch_size=batch_size, lr=lr, seed=seed,
+          eval_every=max(checkpoints), on_step=measure)
+    return result
