@@ -31,9 +31,12 @@ NOT_PAGES = {"_static", "_sources", "_images", "_downloads", "_panels_static"}
 
 
 def find_chromium():
-    """Return the path of Debian's chromium, or None."""
-    for candidate in (os.environ.get("BNBOOK_CHROMIUM"), "/usr/bin/chromium",
-                      shutil.which("chromium")):
+    """Return the path of Debian's chromium (or of the browser named by BNBOOK_CHROMIUM)."""
+    if os.environ.get("BNBOOK_CHROMIUM"):
+        candidates = [os.environ["BNBOOK_CHROMIUM"]]
+    else:
+        candidates = ["/usr/bin/chromium", shutil.which("chromium")]
+    for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
     return None
