@@ -369,7 +369,8 @@ def batch_norm_backward_fast(dy, cache: FastBatchNormCache, out: np.ndarray | No
     """Gradients of batch normalization, moving ``5S`` bytes: two blocked passes.
 
     Pass 1 (reads ``x`` and ``dy``) takes per-channel ``sum(dy)`` and
-    ``sum(dy * (x - mu))``; pass 2 (reads them again, writes ``dx``) applies the compact
+    ``sum(dy * (x - mu))`` (as ``sum(dy * x) - mu sum(dy)`` when the forward pass folded the
+    mean, which loses at most ``log2(1 + FOLD_MAX_OFFSET)`` bits and skips a step); pass 2 (reads them again, writes ``dx``) applies the compact
     form of :func:`bnlib.numpy.batch_norm_backward` as one per-channel affine map of ``dy``
     and ``x``:
 
