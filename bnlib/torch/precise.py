@@ -68,9 +68,11 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], population: boo
     with ``n`` the number of values per channel over all batches (the running variance is
     unbiased, as in ``torch.nn``), accumulated in float64 with Chan et al.'s merge. With
     ``population=False`` they are the plain average of per-batch statistics, exactly what
-    ``update_bn`` computes. The two means agree when all batches have the same size; the
-    average of batch variances misses the spread of the batch means, so it underestimates the
-    population variance, most for small batches.
+    ``update_bn`` computes. The two means agree when all batches have the same size. For
+    randomly drawn batches the two variances agree in expectation, the pooled one with less
+    noise; when batches are not random (e.g. drawn from data sorted by label) the average of
+    per-batch variances misses the spread between the batch means and underestimates the
+    variance.
 
     Args:
         model: the network; its parameters are not changed. Layers with
