@@ -102,7 +102,7 @@ def layer_norm_backward(dy: np.ndarray, cache: NormCache
     Example:
         >>> y, cache = layer_norm_forward(np.array([[1.0, 2.0, 4.0]]))
         >>> dx, dgamma, dbeta = layer_norm_backward(np.ones_like(y), cache)
-        >>> np.abs(dx).max() < 1e-12  # shifting all outputs equally changes nothing upstream
+        >>> bool(np.abs(dx).max() < 1e-12)  # an equal push on every output moves no input
         True
     """
     x_hat, k = cache.x_hat, cache.normalized_ndim
@@ -167,7 +167,7 @@ def group_norm_backward(dy: np.ndarray, cache: NormCache
 
     Example:
         >>> x = np.arange(8.0).reshape(1, 4, 2)
-        >>> y, cache = group_norm_forward(x, 2)
+        >>> y, cache = group_norm_forward(x, 2, gamma=np.ones(4), beta=np.zeros(4))
         >>> dx, dgamma, dbeta = group_norm_backward(np.ones_like(y), cache)
         >>> dbeta
         array([2., 2., 2., 2.])
