@@ -197,3 +197,15 @@ def test_backward_checks_dy_and_its_out_buffer():
         batch_norm_backward_fast(dy, cache, out=dy)
     with pytest.raises(ValueError, match="must not share memory with the input"):
         batch_norm_backward_fast(dy, cache, out=cache.x)
+
+
+def test_nan_stays_in_its_own_channel_as_in_torch():
+    x = np.random.default_rng(4).standard_normal((6, 3, 4))
+    x[2, 1, 3] = np.nan
+    y, cache = batch_norm_forward_fast(x, None, None, block_bytes=64)
+    y_ref = F.batch_norm(torch.tensor(x), None, None, training=True).numpy()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))  # all of channel 1, nothing else
+    assert np.isnan(y[:, 1]).all() and not np.isnan(y[:, [0, 2]]).any()
+    np.testing.assert_allclose(y[:, [0, 2]], y_ref[:, [0, 2]], **TOL64)
+    dx, _, _ = batch_norm_backward_fast(np.ones_like(x), cache)
+    assert np.isnan(dx[:, 1]).all() and not np.isnan(dx[:, [0, 2]]).any()
