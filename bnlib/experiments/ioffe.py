@@ -85,7 +85,7 @@ class IoffeRun:
 
     def percentiles(self, q: Sequence[float] = PERCENTILES, window: int = 10
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`pooled_percentiles` of :attr:`sigmoid_input`."""
+        """:func:`pooled_percentiles` of the ``sigmoid_input`` record."""
         return pooled_percentiles(self.sigmoid_input, q, window)
 
 
