@@ -1,17 +1,16 @@
 """The browser check must fail on the defects it exists to catch.
 
-A copy of the built book gets one page with planted defects (a missing image, a dead link, a
+A mirror of the built book (symlinks) gets one page with planted defects (a missing image, a dead link, a
 missing anchor, a console error, an uncaught exception, a request to another host, invalid
 and undelimited math) and loses its dark-mode stylesheet; the same ``page_problems`` that
 checks every real page must report each defect.
 """
 import re
-import shutil
 
 import pytest
 
 from conftest import serve
-from test_pages import LinkChecker, page_problems
+from test_pages import VIEWPORT, LinkChecker, page_problems
 
 DEFECTS = """
 <p id="planted-defects">
@@ -48,18 +47,33 @@ def chapter_with_math_and_figures(html_dir):
     return None
 
 
+def mirror(source, target, replace=()):
+    """Make ``target`` a folder of symlinks to the entries of ``source``, except ``replace``."""
+    target.mkdir()
+    for entry in source.iterdir():
+        if entry.name not in replace:
+            (target / entry.name).symlink_to(entry)
+    return target
+
+
 def test_every_planted_defect_is_reported(browser, html_dir, tmp_path):
     source = chapter_with_math_and_figures(html_dir)
     if source is None:
         pytest.skip("no chapter with math and a figure has been built yet")
-    site = tmp_path / "site"
-    shutil.copytree(html_dir, site, ignore=shutil.ignore_patterns("_sources"))
+    site = mirror(html_dir, tmp_path / "site", replace={"_static", "chapters"})
+    mirror(html_dir / "_static", site / "_static", replace={"custom.css"})
+    mirror(html_dir / "chapters", site / "chapters")
     (site / "_static" / "custom.css").write_text("/* removed by the self-test */\n")
     page = source.read_text(encoding="utf-8").replace("</article>", DEFECTS + "</article>", 1)
     assert DEFECTS in page, "the chapter page has no <article> to plant defects in"
     (site / "chapters" / "planted_defects.html").write_text(page, encoding="utf-8")
-    with serve(site) as url:
-        problems = page_problems(browser, url, site, LinkChecker(), "chapters/planted_defects.html")
+    context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+    try:
+        with serve(site) as url:
+            problems = page_problems(context, url, site, LinkChecker(),
+                                     "chapters/planted_defects.html")
+    finally:
+        context.close()
     report = "\n".join(problems)
     missed = [name for name, text in EXPECTED.items() if text not in report]
     assert not missed, f"the browser check missed: {missed}\nit reported:\n{report}"

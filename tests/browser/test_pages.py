@@ -76,9 +76,18 @@ def link_checker():
     return LinkChecker()
 
 
-def open_page(browser, base_url, path):
-    """Open ``path`` offline; return (page, context, problems seen while loading)."""
+@pytest.fixture(scope="session")
+def context(browser):
+    """One browser context for every page, so the shared scripts (MathJax) load from cache."""
     context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+    yield context
+    context.close()
+
+
+def open_page(context, base_url, path):
+    """Open ``path`` offline in a new tab; return (page, problems seen while loading)."""
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
     problems = []
 
     def block_external(route):
@@ -86,10 +95,8 @@ def open_page(browser, base_url, path):
                         f"{route.request.url}")
         route.abort()
 
-    context.route(lambda url: not url.startswith(base_url) and not url.startswith("data:"),
-                  block_external)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
+    page.route(lambda url: not url.startswith(base_url) and not url.startswith("data:"),
+               block_external)
     page.on("console", lambda msg: msg.type == "error" and problems.append(
         f"console error: {msg.text} at {msg.location.get('url')}"))
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
@@ -98,7 +105,7 @@ def open_page(browser, base_url, path):
     page.on("response", lambda response: response.status >= 400 and problems.append(
         f"HTTP {response.status}: {response.url}"))
     page.goto(base_url + path, wait_until="load")
-    return page, context, problems
+    return page, problems
 
 
 def wait_for_math(page):
@@ -194,12 +201,12 @@ def redirect_target(html_dir, path):
     return match and match.group(1)
 
 
-def page_problems(browser, base_url, html_dir, link_checker, path, screenshot_dir=None):
+def page_problems(context, base_url, html_dir, link_checker, path, screenshot_dir=None):
     """Everything wrong with one page of the site in ``html_dir`` served at ``base_url``."""
     target = redirect_target(html_dir, path)
     if target:  # nothing to render: the redirect must land on a page that exists
         return link_checker.problems([urllib.parse.urljoin(base_url + path, target)], base_url)
-    page, context, problems = open_page(browser, base_url, path)
+    page, problems = open_page(context, base_url, path)
     try:
         problems += wait_for_math(page)
         problems += [f"image did not load: {src}" for src in wait_for_images(page)]
@@ -219,24 +226,24 @@ def page_problems(browser, base_url, html_dir, link_checker, path, screenshot_di
                     figure.scroll_into_view_if_needed()
                 page.screenshot(path=screenshot_path(screenshot_dir, path, ".dark.png"))
     finally:
-        context.close()
+        page.close()
     return problems
 
 
-def test_page(browser, base_url, html_dir, link_checker, screenshot_dir, path):
-    problems = page_problems(browser, base_url, html_dir, link_checker, path, screenshot_dir)
+def test_page(context, base_url, html_dir, link_checker, screenshot_dir, path):
+    problems = page_problems(context, base_url, html_dir, link_checker, path, screenshot_dir)
     assert not problems, f"{path}:\n  " + "\n  ".join(problems)
 
 
 @pytest.mark.parametrize("query, expect_results", [("variance", True), ("zqxjkvw", False)])
-def test_offline_search(browser, base_url, query, expect_results):
-    page, context, problems = open_page(browser, base_url, f"search.html?q={query}")
+def test_offline_search(context, base_url, query, expect_results):
+    page, problems = open_page(context, base_url, f"search.html?q={query}")
     try:
         page.wait_for_selector("#search-results .search-summary")
         results = page.eval_on_selector_all("#search-results ul.search li a",
                                             "links => links.map(a => a.href)")
     finally:
-        context.close()
+        page.close()
     assert not problems, "\n".join(problems)
     if expect_results:
         assert results, f"offline search for {query!r} found nothing"
