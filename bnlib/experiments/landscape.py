@@ -135,20 +135,20 @@ class PercentileTrace:
         >>> layer = nn.Identity()
         >>> trace = PercentileTrace(layer)
         >>> _ = layer(torch.arange(101.0).unsqueeze(1))
-        >>> trace.values
-        [[15.0, 50.0, 85.0]]
+        >>> [round(v, 9) for v in trace.values[0]]
+        [15.0, 50.0, 85.0]
     """
 
     def __init__(self, module: nn.Module, unit: int = 0, q: Sequence[float] = (15, 50, 85)
                  ) -> None:
-        self.unit, self.q = unit, torch.tensor([p / 100 for p in q])
+        self.unit, self.q = unit, torch.tensor([p / 100 for p in q], dtype=torch.float64)
         self.values: list[list[float]] = []
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs, output: Tensor) -> None:
         if module.training:
             column = output.detach()[:, self.unit].double()  # (N,)
-            self.values.append(torch.quantile(column, self.q.double()).tolist())
+            self.values.append(torch.quantile(column, self.q).tolist())
 
     def remove(self) -> None:
         """Stop recording."""
