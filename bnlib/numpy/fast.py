@@ -167,17 +167,17 @@ class _Blocks:
         self.num_groups = -(-x3.shape[0] // nb) * -(-x3.shape[2] // lb)
 
     def runs(self):
-        """Yield ``(c, blocks)`` as :func:`_channel_runs`, with shapes and sizes attached."""
+        """Yield ``(c, blocks)`` as :func:`_channel_runs`; each block is
+        ``(k, start, stop, shape)``: its group, its span in the flattened array (every block
+        is contiguous, so a 1-D slice is the cheapest view of it) and its shape."""
+        _, C, L = self.shape3
         for c, groups in _channel_runs(self.shape3, self.layout):
             blocks = []
             for k, n, l in groups:
                 shape = (n.stop - n.start, c.stop - c.start, l.stop - l.start)
-                blocks.append((k, n, l, shape, shape[0] * shape[1] * shape[2]))
+                start = (n.start * C + c.start) * L + l.start
+                blocks.append((k, start, start + shape[0] * shape[1] * shape[2], shape))
             yield c, blocks
-
-
-def _flat(a3: np.ndarray, n: slice, c: slice, l: slice) -> np.ndarray:
-    return a3[n, c, l].reshape(-1)  # a view: every block is contiguous
 
 
 def _check_fast(x, num_features) -> np.ndarray:
@@ -220,16 +220,16 @@ def _stats(x3: np.ndarray, blocks: _Blocks):
     m2s = np.zeros((K, C))  # (K, C)  block sums of squared deviations
     counts = np.zeros(K)  # (K,)  values of each channel in each group
     nb, _, lb = blocks.layout
-    d, ones = blocks.scratch, blocks.ones
+    d, ones, xf = blocks.scratch, blocks.ones, x3.reshape(-1)
     for c, run in blocks.runs():
-        k, n, l, shape, size = run[0]  # pilot: the run's first block gives the shift
-        shift = (_channel_sums(_flat(x3, n, c, l), shape, ones) / (shape[0] * shape[2]))
+        _, start, stop, shape = run[0]  # pilot: the run's first block gives the shift
+        shift = _channel_sums(xf[start:stop], shape, ones) / (shape[0] * shape[2])
         shift = shift.astype(x3.dtype)  # (cb,)
         pattern = _pattern(shift, nb, lb, x3.dtype)  # (nb * cb * lb,)
-        for k, n, l, shape, size in run:
-            db = d[:size]
-            np.copyto(db, _flat(x3, n, c, l))  # the one read of x from memory in this pass
-            db -= pattern[:size]  # d = x - K, in place, in cache
+        for k, start, stop, shape in run:
+            db = d[:stop - start]
+            np.copyto(db, xf[start:stop])  # the one read of x from memory in this pass
+            db -= pattern[:stop - start]  # d = x - K, in place, in cache
             count = shape[0] * shape[2]
             s1 = _channel_sums(db, shape, ones)  # (cb,) float64
             s2 = _channel_dots(db, db, shape, ones, db)  # (cb,) float64
@@ -338,7 +338,7 @@ def batch_norm_forward_fast(x, gamma, beta, eps: float = 1e-5, out: np.ndarray |
         raise ValueError(f"expected input with {np.shape(beta)[0]} channels to match beta "
                          f"(got {x.shape[1]} channels in input of shape {x.shape})")
     y = _check_out(out, x)
-    x3, y3 = _as_3d(x), _as_3d(y)  # (N, C, L)
+    x3, xf, yf = _as_3d(x), x.reshape(-1), y.reshape(-1)  # (N, C, L), flat views
     blocks = _Blocks(x3, block_bytes)
     mean, m2 = _stats(x3, blocks)
     var = m2 / (x3.shape[0] * x3.shape[2])  # (C,) biased
@@ -354,9 +354,10 @@ def batch_norm_forward_fast(x, gamma, beta, eps: float = 1e-5, out: np.ndarray |
     for c, run in blocks.runs():
         a_pat, b_pat = _pattern(a[c], nb, lb, dt), _pattern(b[c], nb, lb, dt)
         mu_pat = None if folded else _pattern(mu[c], nb, lb, dt)
-        for _, n, l, _, size in run:
-            yb = _flat(y3, n, c, l)
-            np.copyto(yb, _flat(x3, n, c, l))  # then in-place steps, in cache
+        for _, start, stop, _ in run:
+            size = stop - start
+            yb = yf[start:stop]
+            np.copyto(yb, xf[start:stop])  # then in-place steps, in cache
             if mu_pat is not None:
                 yb -= mu_pat[:size]
             yb *= a_pat[:size]
@@ -409,7 +410,8 @@ def batch_norm_backward_fast(dy, cache: FastBatchNormCache, out: np.ndarray | No
     dx = _check_out(out, x, "out")
     if np.shares_memory(dx, dy):
         raise ValueError("out must not share memory with dy, which is read twice")
-    x3, dy3, dx3 = _as_3d(x), _as_3d(dy), _as_3d(dx)  # (N, C, L)
+    x3 = _as_3d(x)  # (N, C, L)
+    xf, dyf, dxf = x.reshape(-1), dy.reshape(-1), dx.reshape(-1)  # flat views
     C = x3.shape[1]
     dt = x.dtype
     blocks = _Blocks(x3, cache.block_bytes)
@@ -420,12 +422,12 @@ def batch_norm_backward_fast(dy, cache: FastBatchNormCache, out: np.ndarray | No
     sum_dy, sum_dy_xc = np.zeros(C), np.zeros(C)  # (C,) float64
     for c, run in blocks.runs():  # pass 1: reductions
         mu_pat = None if cache.folded else _pattern(mu[c], nb, lb, dt)
-        for _, n, l, shape, size in run:
-            db, dyb, xb = d[:size], _flat(dy3, n, c, l), _flat(x3, n, c, l)
+        for _, start, stop, shape in run:
+            db, dyb, xb = d[:stop - start], dyf[start:stop], xf[start:stop]
             sum_dy[c] += _channel_sums(dyb, shape, ones)
             if mu_pat is not None:
                 np.copyto(db, xb)
-                db -= mu_pat[:size]  # x - mu, in cache
+                db -= mu_pat[:stop - start]  # x - mu, in cache
                 xb = db
             sum_dy_xc[c] += _channel_dots(dyb, xb, shape, ones, db)
     if cache.folded:  # sum(dy * x) - mu sum(dy): loses at most log2(1 + |mu| / sigma) bits
@@ -440,14 +442,15 @@ def batch_norm_backward_fast(dy, cache: FastBatchNormCache, out: np.ndarray | No
     for c, run in blocks.runs():  # pass 2: dx
         a_pat, b_pat, d_pat = (_pattern(v[c], nb, lb, dt) for v in (A, B, D))
         mu_pat = None if cache.folded else _pattern(mu[c], nb, lb, dt)
-        for _, n, l, _, size in run:
-            db, dxb = d[:size], _flat(dx3, n, c, l)
-            np.copyto(db, _flat(x3, n, c, l))
+        for _, start, stop, _ in run:
+            size = stop - start
+            db, dxb = d[:size], dxf[start:stop]
+            np.copyto(db, xf[start:stop])
             if mu_pat is not None:
                 db -= mu_pat[:size]
             db *= b_pat[:size]
             db += d_pat[:size]
-            np.copyto(dxb, _flat(dy3, n, c, l))
+            np.copyto(dxb, dyf[start:stop])
             dxb *= a_pat[:size]
             dxb += db
     dgamma = (cache.inv_std * sum_dy_xc).astype(dt)
