@@ -146,3 +146,14 @@ def test_recomputed_statistics_make_eval_match_train_on_the_population():
     bn.running_var.mul_((n - 1) / n)  # biased, as training mode normalizes
     train_out = bt.BatchNorm1d(3, dtype=torch.float64).train()(x)
     torch.testing.assert_close(bn.eval()(x), train_out, **TOL)
+
+
+def test_batch_renorm_layers_are_recomputed_as_batch_norm():
+    renorm = make_model(bt.BatchRenorm1d, bt.BatchRenorm2d)
+    plain = make_model(bt.BatchNorm1d, bt.BatchNorm2d)
+    plain.load_state_dict(renorm.state_dict())
+    recompute_bn_stats(renorm, make_batches([6, 5]))
+    recompute_bn_stats(plain, make_batches([6, 5]))
+    for a, b in zip(renorm.state_dict().items(), plain.state_dict().items()):
+        torch.testing.assert_close(a[1], b[1], **TOL, msg=a[0])
+    assert (renorm[1].r_max, renorm[1].d_max) == (3.0, 5.0)  # restored

@@ -76,7 +76,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], population: boo
 
     Args:
         model: the network; its parameters are not changed. Layers with
-            ``track_running_stats=False`` are skipped.
+            ``track_running_stats=False`` are skipped; Batch Renormalization layers are
+            treated as batch norm (``r = 1``, ``d = 0`` during the pass).
         batches: an iterable of input tensors, or of tuples/lists whose first element is the
             input (as from a ``DataLoader`` of ``(x, y)`` pairs). It is iterated once.
         population: pooled population statistics (``True``) or the average of batch
@@ -92,12 +93,17 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], population: boo
     if not layers:
         return
     momenta = {bn: bn.momentum for bn in layers}
+    # Batch Renormalization layers run as plain BN (r = 1, d = 0) during the pass: their
+    # correction would use the very statistics being recomputed.
+    bounds = {bn: (bn.r_max, bn.d_max) for bn in layers if hasattr(bn, "r_max")}
     moments = {bn: _PopulationMoments() for bn in layers}
     hooks = [bn.register_forward_pre_hook(moments[bn]) for bn in layers] if population else []
     modes = {m: m.training for m in model.modules()}
     for bn in layers:
         bn.reset_running_stats()
         bn.momentum = None
+    for bn in bounds:
+        bn.r_max, bn.d_max = 1.0, 0.0
     try:
         model.train()
         for batch in batches:
@@ -107,6 +113,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], population: boo
             hook.remove()
         for bn in layers:
             bn.momentum = momenta[bn]
+        for bn, (r_max, d_max) in bounds.items():
+            bn.r_max, bn.d_max = r_max, d_max
         for module, mode in modes.items():
             module.training = mode
     if not population:
