@@ -21,7 +21,8 @@ class Split:
     Attributes:
         x_train: ``(N_train, 64)`` flat images, or ``(N_train, 1, 8, 8)`` when ``images=True``.
         y_train: ``(N_train,)`` labels 0-9.
-        x_test, y_test: the same for the test set.
+        x_test: the test inputs, shaped like ``x_train``.
+        y_test: the test labels.
     """
 
     x_train: Tensor
