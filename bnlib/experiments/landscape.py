@@ -61,7 +61,8 @@ class NoisyBatchNorm1d(bt.BatchNorm1d):
         **kwargs: passed to :class:`bnlib.torch.BatchNorm1d` (``eps``, ``momentum``, ...).
 
     Attributes:
-        last_scale, last_shift: the ``(C,)`` draws of the latest training step (``None`` before).
+        last_scale: the ``(C,)`` scales drawn at the latest training step (``None`` before).
+        last_shift: the ``(C,)`` shifts drawn at the latest training step (``None`` before).
 
     Shape:
         Input ``(N, C)`` or ``(N, C, L)``; output the same.
@@ -286,8 +287,10 @@ class Landscape:
     Attributes:
         steps: ``(M,)`` training steps after which the landscape was measured.
         step_sizes: ``(K,)`` the step sizes :math:`\\eta_k`.
-        loss: ``(M,)`` loss at the current weights; ``losses``: ``(M, K)`` at the stepped weights.
-        grad_norm: ``(M,)`` :math:`\\lVert g \\rVert_2`; ``distances``: ``(M, K)`` :math:`\\Delta_k`.
+        loss: ``(M,)`` loss at the current weights.
+        losses: ``(M, K)`` loss at the stepped weights.
+        grad_norm: ``(M,)`` :math:`\\lVert g \\rVert_2`.
+        distances: ``(M, K)`` gradient changes :math:`\\Delta_k`.
         history: the training run.
     """
 
