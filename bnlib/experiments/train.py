@@ -21,7 +21,7 @@ class History:
     Attributes:
         steps: training steps at which the model was evaluated (0 = before training).
         train_loss: mean training loss over the steps since the previous evaluation
-            (at step 0, the loss of the first batch).
+            (NaN at step 0, before any step).
         train_accuracy: accuracy on the training set in evaluation mode, in [0, 1].
         test_accuracy: accuracy on the test set in evaluation mode, in [0, 1].
         diverged: the loss became NaN or infinite and training stopped.
