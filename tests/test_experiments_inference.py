@@ -4,7 +4,8 @@ import torch
 
 import bnlib.torch as bt
 from bnlib.experiments import accuracy, load_digits_split, mlp, train
-from bnlib.experiments.inference import batch_stat_accuracy, bn_layers, running_stats_gap
+from bnlib.experiments.inference import batch_stat_accuracy
+from bnlib.torch.precise import batch_norm_layers
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def trained():
 
 def test_bn_layers_finds_bnlib_and_torch_layers():
     model = torch.nn.Sequential(bt.BatchNorm1d(3), torch.nn.BatchNorm1d(3), torch.nn.ReLU())
-    assert len(bn_layers(model)) == 2
+    assert len(batch_norm_layers(model)) == 2
 
 
 def test_batch_stats_on_a_large_shuffled_batch_are_close_to_eval(trained):
@@ -45,20 +46,6 @@ def test_trailing_single_sample_is_folded_and_batch_of_one_refused(trained):
     assert 0.0 <= acc <= 1.0 and acc * n == round(acc * n)
     with pytest.raises(ValueError, match="batch_size >= 2"):
         batch_stat_accuracy(model, split.x_test, split.y_test, batch_size=1)
-
-
-def test_running_stats_gap_is_zero_for_exact_statistics(trained):
-    model, split = trained
-    torch.manual_seed(1)
-    m = mlp(norm="batch", depth=1)
-    with torch.no_grad():  # put the exact statistics of the data into the only BN layer
-        h = m[0](split.x_train)
-        m[1].running_mean.copy_(h.mean(0))
-        m[1].running_var.copy_(h.var(0, unbiased=True))
-    gap = running_stats_gap(m, split.x_train)
-    assert gap.mean_error[0] < 1e-5 and abs(gap.var_ratio[0] - 1) < 1e-5
-    gap = running_stats_gap(model, split.x_train)
-    assert len(gap.mean_error) == 3 and all(e > 0 for e in gap.mean_error)
 
 
 def test_ema_vs_precise_lags_only_with_small_momentum():

@@ -6,11 +6,11 @@ from torch import nn
 
 import bnlib.torch as bt
 from bnlib.experiments import load_digits_split, mlp
-from bnlib.experiments.practice import (FrozenStatsBatchNorm, batch_norm_layers,
-                                        bias_before_bn, companion_effect, compare_placement,
+from bnlib.experiments.practice import (FrozenStatsBatchNorm, bias_before_bn, companion_effect, compare_placement,
                                         finetune_small_batches, freeze_batch_norm_stats,
                                         mlp_with_placement, running_stats_error,
                                         scale_invariance, train_weight_decay)
+from bnlib.torch.precise import batch_norm_layers
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,7 @@ def make_batches(sizes, seed=1):
     return [torch.randn(n, 2, 4, 4, generator=g, dtype=torch.float64) * 2 + 1 for n in sizes]
 
 
-def bn_layers(model):
-    return [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d,
-                                                         bt.BatchNorm1d, bt.BatchNorm2d))]
+bn_layers = bt.batch_norm_layers
 
 
 def assert_same_buffers(a, b, **tol):

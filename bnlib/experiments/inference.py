@@ -1,5 +1,6 @@
 """Training mode versus inference mode: what goes wrong when the modes are mixed up, and how
-good the running (EMA) statistics are compared with precise population statistics."""
+good the running (EMA) statistics are compared with precise population statistics
+(:func:`bnlib.experiments.practice.running_stats_error` measures the statistics themselves)."""
 from __future__ import annotations
 
 import copy
@@ -8,15 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bnlib.torch.precise import is_batch_norm
+from bnlib.torch.precise import batch_norm_layers
 
-__all__ = ["EmaVsPrecise", "StatsGap", "batch_stat_accuracy", "bn_layers", "ema_vs_precise",
-           "running_stats_gap"]
-
-
-def bn_layers(model: nn.Module) -> list[nn.Module]:
-    """Every batch-norm layer of ``model`` (bnlib's or torch's), in module order."""
-    return [m for m in model.modules() if is_batch_norm(m)]
+__all__ = ["EmaVsPrecise", "batch_stat_accuracy", "ema_vs_precise"]
 
 
 @torch.no_grad()
@@ -54,47 +49,6 @@ def batch_stat_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
 
 
 @dataclass
-class StatsGap:
-    """How far each BN layer's running statistics are from the population statistics of the
-    same layer (computed over the whole training set with the final weights).
-
-    Attributes:
-        mean_error: per layer, ``max_c |running_mean_c - population_mean_c| / population_std_c``.
-        var_ratio: per layer, the median over channels of ``running_var / population_var``.
-    """
-
-    mean_error: list[float]
-    var_ratio: list[float]
-
-
-@torch.no_grad()
-def running_stats_gap(model: nn.Module, x: Tensor) -> StatsGap:
-    """Compare the running statistics of every BN layer with the exact statistics of its input
-    over ``x`` (one pass in evaluation mode, the inputs captured with forward hooks)."""
-    layers = bn_layers(model)
-    captured: dict[int, Tensor] = {}
-    hooks = [layer.register_forward_hook(
-        lambda mod, inp, out, i=i: captured.__setitem__(i, inp[0].detach()))
-        for i, layer in enumerate(layers)]
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    mean_error, var_ratio = [], []
-    for i, layer in enumerate(layers):
-        inp = captured[i]
-        dims = [0] + list(range(2, inp.dim()))
-        pop_mean, pop_var = inp.mean(dims), inp.var(dims, unbiased=True)
-        mean_error.append(float(((layer.running_mean - pop_mean).abs() / pop_var.sqrt()).max()))
-        var_ratio.append(float((layer.running_var / pop_var).median()))
-    return StatsGap(mean_error, var_ratio)
-
-
-@dataclass
 class EmaVsPrecise:
     """Test accuracy during training with two sets of inference statistics.
 
@@ -120,7 +74,7 @@ def ema_vs_precise(model: nn.Module, split, checkpoints: list[int], momentum: fl
 
     from .train import accuracy, train
 
-    for layer in bn_layers(model):
+    for layer in batch_norm_layers(model):
         layer.momentum = momentum
     result = EmaVsPrecise([], [], [])
     x, n = split.x_train, len(split.x_train)

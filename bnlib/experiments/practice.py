@@ -23,26 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlib.torch.precise import batch_norm_layers, is_batch_norm
+
 from .data import Split
 from .models import ACTIVATIONS, make_norm, mlp
 from .train import History, train
 
 __all__ = [
     "DECAY_TARGETS", "PLACEMENTS", "BiasCancellation", "CompanionEffect", "DecayRun", "FinetuneRun", "FrozenStatsBatchNorm",
-    "ScaleRecord", "batch_norm_layers", "bias_before_bn", "companion_effect",
+    "ScaleRecord", "bias_before_bn", "companion_effect",
     "compare_placement", "finetune_small_batches", "freeze_batch_norm_stats",
     "mlp_with_placement", "running_stats_error", "scale_invariance", "train_weight_decay",
 ]
 
 
-def _is_batch_norm(module: nn.Module) -> bool:
-    return hasattr(module, "track_running_stats") and hasattr(module, "running_mean")
-
-
-def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
-    """The batch-norm layers of ``model`` (``torch.nn`` or ``bnlib.torch``), in order: the
-    modules with running statistics and a ``track_running_stats`` flag."""
-    return [m for m in model.modules() if _is_batch_norm(m)]
 
 
 # --- 1. No bias before batch norm -------------------------------------------------------
@@ -299,7 +293,7 @@ DECAY_TARGETS = ("none", "weights", "all")
 
 def _pre_bn_weights(model: nn.Sequential) -> list[Tensor]:
     layers = list(model)
-    return [a.weight for a, b in zip(layers, layers[1:]) if _is_batch_norm(b)]
+    return [a.weight for a, b in zip(layers, layers[1:]) if is_batch_norm(b)]
 
 
 def train_weight_decay(split: Split, decay_on: str, weight_decay: float = 5e-3,
@@ -402,7 +396,7 @@ def freeze_batch_norm_stats(model: nn.Module) -> nn.Module:
     for name, child in model.named_children():
         if isinstance(child, FrozenStatsBatchNorm):
             continue
-        if _is_batch_norm(child):
+        if is_batch_norm(child):
             setattr(model, name, FrozenStatsBatchNorm(child))
         else:
             freeze_batch_norm_stats(child)

@@ -15,13 +15,19 @@ from torch import Tensor, nn
 
 from .batchnorm import _BatchNorm
 
-__all__ = ["is_batch_norm", "recompute_bn_stats"]
+__all__ = ["batch_norm_layers", "is_batch_norm", "recompute_bn_stats"]
 
 
 def is_batch_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a batch-norm layer of ``torch.nn`` or of :mod:`bnlib.torch`
     (instance norm, which also has running statistics in torch, is not batch norm)."""
     return isinstance(module, (nn.modules.batchnorm._BatchNorm, _BatchNorm))
+
+
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every batch-norm layer of ``model`` (``torch.nn``'s or ``bnlib.torch``'s), in module
+    order."""
+    return [m for m in model.modules() if is_batch_norm(m)]
 
 
 class _PopulationMoments:
@@ -89,7 +95,7 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], population: boo
         >>> int(model[1].num_batches_tracked)
         5
     """
-    layers = [m for m in model.modules() if is_batch_norm(m) and m.track_running_stats]
+    layers = [m for m in batch_norm_layers(model) if m.track_running_stats]
     if not layers:
         return
     momenta = {bn: bn.momentum for bn in layers}
