@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import bnlib.torch as bt
+from _reference import assert_steps_match
 from bnlib.numpy import numerical_gradient
 from bnlib.numpy.norms import (group_norm_backward, group_norm_forward, layer_norm_backward,
                                layer_norm_forward)
@@ -81,20 +82,8 @@ def test_forward_gradients_and_buffers_match_torch(name, args, kwargs, shape, tr
     ours, ref = make_pair(name, args, kwargs)
     ours.train(training)
     ref.train(training)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(3):  # several steps, so running statistics (if any) evolve
-        x = (torch.randn(shape, generator=g, dtype=F64) * 3 + 1).requires_grad_()
-        x_ref = x.detach().clone().requires_grad_()
-        y, y_ref = ours(x), ref(x_ref)
-        torch.testing.assert_close(y, y_ref, **TOL)
-        dy = torch.randn(shape, generator=g, dtype=F64)
-        y.backward(dy)
-        y_ref.backward(dy)
-        torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
-        for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
-            torch.testing.assert_close(p.grad, q.grad, **TOL, msg=n)
-        for (n, b), (_, c) in zip(ours.named_buffers(), ref.named_buffers()):
-            torch.testing.assert_close(b, c, **TOL, msg=n)
+    # several steps, so running statistics (if any) evolve
+    assert_steps_match(ours, ref, shape, TOL, steps=3, seed=1, scale=3, shift=1)
 
 
 @pytest.mark.parametrize("name,args,kwargs,shape", CASES, ids=IDS)

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import bnlib.torch as bt
+from _reference import assert_steps_match
 from bnlib.torch.renorm import renorm_correction
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -24,20 +25,7 @@ def make_pair(cls, ref_cls, **kwargs):
 @pytest.mark.parametrize("cls,ref_cls,shape", PAIRS)
 def test_r_max_1_d_max_0_is_plain_batch_norm_in_training(cls, ref_cls, shape):
     ours, ref = make_pair(cls, ref_cls, r_max=1.0, d_max=0.0)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        x = (torch.randn(shape, generator=g, dtype=F64) * 2 + 3).requires_grad_()
-        x_ref = x.detach().clone().requires_grad_()
-        y, y_ref = ours(x), ref(x_ref)
-        torch.testing.assert_close(y, y_ref, **TOL)
-        dy = torch.randn(shape, generator=g, dtype=F64)
-        y.backward(dy)
-        y_ref.backward(dy)
-        torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
-        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **TOL)
-        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **TOL)
-        for name, buf in ours.named_buffers():
-            torch.testing.assert_close(buf, ref.get_buffer(name), **TOL)
+    x = assert_steps_match(ours, ref, shape, TOL, steps=4, scale=2, shift=3)
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x.detach()), ref(x.detach()), **TOL)
 

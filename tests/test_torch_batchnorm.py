@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bnlib.torch as bt
+from _reference import assert_steps_match
 from bnlib.numpy import batch_norm_backward, batch_norm_forward
 
 PAIRS = {1: (bt.BatchNorm1d, torch.nn.BatchNorm1d), 2: (bt.BatchNorm2d, torch.nn.BatchNorm2d),
@@ -32,32 +33,10 @@ def make_pair(dim, dtype=torch.float64, seed=0, **kwargs):
     return ours, ref
 
 
-def run_sequence(ours, ref, shape, dtype, steps, seed=0):
-    """Train both modules on the same batches, comparing outputs, gradients and buffers."""
-    g = torch.Generator().manual_seed(seed)
-    tol = TOL[dtype]
-    for _ in range(steps):
-        x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 1
-        dy = torch.randn(shape, generator=g, dtype=dtype)
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ya, yb = ours(xa), ref(xb)
-        torch.testing.assert_close(ya, yb, **tol)
-        ya.backward(dy), yb.backward(dy)
-        torch.testing.assert_close(xa.grad, xb.grad, **tol)
-        for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
-            torch.testing.assert_close(a.grad, b.grad, **tol)
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            a, b = getattr(ours, name), getattr(ref, name)
-            assert (a is None) == (b is None), name
-            if a is not None:
-                torch.testing.assert_close(a, b, **tol)
-                assert not a.requires_grad and a.grad_fn is None
-
-
 def test_batchnorm2d_equals_torch_over_20_steps_then_eval():
     """The foundation's acceptance check: float64, 1e-10, statistics and gradients."""
     ours, ref = make_pair(2)
-    run_sequence(ours, ref, (8, 3, 5, 5), torch.float64, steps=20)
+    assert_steps_match(ours, ref, (8, 3, 5, 5), TOL[torch.float64], steps=20, scale=2, shift=1)
     assert int(ours.num_batches_tracked) == 20
     ours.eval(), ref.eval()
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -75,7 +54,7 @@ def test_batchnorm2d_equals_torch_over_20_steps_then_eval():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_modules_equal_torch(dim, shape, momentum, affine, track, dtype):
     ours, ref = make_pair(dim, dtype, momentum=momentum, affine=affine, track_running_stats=track)
-    run_sequence(ours, ref, shape, dtype, steps=4)
+    assert_steps_match(ours, ref, shape, TOL[dtype], steps=4, scale=2, shift=1, dtype=dtype)
     ours.eval(), ref.eval()
     x = torch.randn((1,) + shape[1:], dtype=dtype)  # batch of one: fine in evaluation
     if not track:
@@ -103,7 +82,7 @@ def test_affine_without_bias_keyword_equals_torch():
     ours, ref = make_pair(2, bias=False)
     assert ours.bias is None and ref.bias is None
     assert list(ours.state_dict()) == list(ref.state_dict())
-    run_sequence(ours, ref, (4, 3, 2, 2), torch.float64, steps=3)
+    assert_steps_match(ours, ref, (4, 3, 2, 2), TOL[torch.float64], steps=3, scale=2, shift=1)
 
 
 def test_state_dict_keys_and_round_trip_with_torch():
