@@ -67,7 +67,8 @@ def bias_before_bn(seed: int = 0, batch_size: int = 16, in_features: int = 8,
 
         \\mathrm{BN}(Wx + b) = \\gamma \\frac{Wx + b - (\\mu_{Wx} + b)}{\\sqrt{\\sigma^2_{Wx}
         + \\epsilon}} + \\beta = \\mathrm{BN}(Wx),
-        \\qquad \\frac{\\partial L}{\\partial b} = \\sum_i \\frac{\\partial L}{\\partial z_i} = 0 .
+
+        \\frac{\\partial L}{\\partial b} = \\sum_i \\frac{\\partial L}{\\partial z_i} = 0 .
 
     Args:
         seed: seeds inputs, weights and the upstream gradient. Default: ``0``.

@@ -94,8 +94,10 @@ def masked_batch_norm(x: Tensor, mask: Tensor, weight: Tensor | None = None,
 
     .. math::
 
-        \mu_d = \frac{\sum_{b,t} m_{bt} x_{btd}}{\sum_{b,t} m_{bt}}, \quad
-        \sigma^2_d = \frac{\sum_{b,t} m_{bt} (x_{btd} - \mu_d)^2}{\sum_{b,t} m_{bt}}, \quad
+        \mu_d = \frac{\sum_{b,t} m_{bt} x_{btd}}{\sum_{b,t} m_{bt}},
+
+        \sigma^2_d = \frac{\sum_{b,t} m_{bt} (x_{btd} - \mu_d)^2}{\sum_{b,t} m_{bt}},
+
         y_{btd} = m_{bt} \left(\gamma_d \frac{x_{btd} - \mu_d}{\sqrt{\sigma^2_d + \epsilon}}
         + \beta_d\right).
 

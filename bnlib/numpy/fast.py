@@ -378,7 +378,8 @@ def batch_norm_backward_fast(dy, cache: FastBatchNormCache, out: np.ndarray | No
     .. math::
 
         \\frac{\\partial L}{\\partial x_{ic}} = A_c\\, g_{ic} + B_c (x_{ic} - \\mu_c) + D_c,
-        \\quad A_c = \\gamma_c s_c,\\; B_c = -\\frac{A_c s_c^2}{m}\\sum_j g_{jc}(x_{jc}-\\mu_c),
+
+        A_c = \\gamma_c s_c,\\; B_c = -\\frac{A_c s_c^2}{m}\\sum_j g_{jc}(x_{jc}-\\mu_c),
         \\; D_c = -\\frac{A_c}{m}\\sum_j g_{jc},
 
     with ``s_c = 1/sqrt(var_c + eps)`` and ``g = dL/dy`` (the mean is folded into ``D_c``

@@ -19,7 +19,7 @@ class BatchNorm:
     .. math::
 
         \\hat\\mu \\leftarrow (1 - \\text{momentum})\\, \\hat\\mu + \\text{momentum}\\, \\mu_B,
-        \\qquad
+
         \\hat\\sigma^2 \\leftarrow (1 - \\text{momentum})\\, \\hat\\sigma^2
             + \\text{momentum}\\, \\frac{m}{m - 1} \\sigma_B^2 .
 

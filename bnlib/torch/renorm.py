@@ -18,9 +18,10 @@ def renorm_correction(batch_mean: Tensor, batch_std: Tensor, running_mean: Tenso
 
     .. math::
 
-        \\sigma = \\sqrt{\\sigma^2_{\\text{running}} + \\epsilon}, \\quad
+        \\sigma = \\sqrt{\\sigma^2_{\\text{running}} + \\epsilon},
+
         r = \\operatorname{clip}_{[1/r_{\\max},\\, r_{\\max}]}\\!\\left(\\frac{\\sigma_B}{\\sigma}\\right),
-        \\quad
+
         d = \\operatorname{clip}_{[-d_{\\max},\\, d_{\\max}]}\\!\\left(
             \\frac{\\mu_B - \\mu}{\\sigma}\\right)
 

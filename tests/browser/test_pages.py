@@ -124,8 +124,14 @@ def wait_for_math(page):
         .map(node => node.textContent.trim().slice(0, 80))""")
     errors = page.evaluate("""() => [...document.querySelectorAll('mjx-merror')]
         .map(node => node.getAttribute('data-mjx-error') || node.textContent)""")
+    # A display equation wider than the text column is cut off (or needs a scroll bar) at
+    # the desktop viewport: split it over several lines instead.
+    too_wide = page.evaluate("""() => [...document.querySelectorAll('mjx-container[display="true"]')]
+        .filter(node => node.scrollWidth > node.clientWidth + 2)
+        .map(node => node.textContent.trim().slice(0, 60))""")
     return ([f"math not rendered: {text!r}" for text in unrendered]
-            + [f"MathJax error: {text}" for text in errors])
+            + [f"MathJax error: {text}" for text in errors]
+            + [f"display math wider than the text column: {text!r}" for text in too_wide])
 
 
 def wait_for_images(page):
