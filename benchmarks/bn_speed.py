@@ -34,7 +34,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before NumPy and torch load their thread pools
 
 import argparse  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -48,6 +47,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import bnlib.torch as bt  # noqa: E402
+from bnlib.timing import time_alternating  # noqa: E402
 from bnlib.numpy import (batch_norm_backward, batch_norm_backward_fast,  # noqa: E402
                          batch_norm_forward, batch_norm_forward_fast)
 
@@ -169,20 +169,10 @@ def warm_up(cases: list[Case]) -> None:
 
 
 def measure(cases: list[Case], repeats: int, clock) -> dict:
-    """Median seconds per (case key, variant); variants alternate inside every repeat."""
-    samples = {(c.key, n): [] for c in cases for n in c.fns}
-    gc.disable()
-    try:
-        for r in range(repeats):
-            for case in cases:
-                names = list(case.fns)
-                names = names[r % len(names):] + names[:r % len(names)]  # rotate the order
-                for name in names:
-                    t0 = clock()
-                    case.fns[name]()
-                    samples[(case.key, name)].append(clock() - t0)
-    finally:
-        gc.enable()
+    """Median seconds per (case key, variant); all variants of all cases alternate inside
+    every repeat (:func:`bnlib.timing.time_alternating`; ``warm_up`` ran them already)."""
+    flat = {(c.key, name): fn for c in cases for name, fn in c.fns.items()}
+    samples = time_alternating(flat, repeats=repeats, clock=clock, warmup=0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

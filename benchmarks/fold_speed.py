@@ -10,27 +10,15 @@ Run: ``python benchmarks/fold_speed.py`` (about 20 s on an idle core; one thread
 """
 from __future__ import annotations
 
-import statistics
 import time
 
+import numpy as np
 import torch
 
 import bnlib.torch as bt
 from bnlib.experiments.models import small_cnn
+from bnlib.timing import time_alternating
 from bnlib.torch import fold_all_bn
-
-
-def median_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """The median over ``repeats`` rounds of the mean time of a few forward passes."""
-    inner = max(1, 512 // len(x))  # enough passes per round to rise above timer noise
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(inner):
-                model(x)
-            times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
 
 
 def with_torch_bn(model: torch.nn.Sequential) -> torch.nn.Sequential:
@@ -60,11 +48,16 @@ def compare(batch_size: int, rounds: int = 7, channels: int = 16) -> dict[str, f
     with torch.inference_mode():
         for model in models.values():
             torch.testing.assert_close(model(x), eager(x), rtol=1e-4, atol=1e-5)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):  # alternate, so drifts in machine load hit all alike
-        for name, model in models.items():
-            times[name].append(median_seconds(model, x, 3))
-    return {name: statistics.median(t) for name, t in times.items()}
+    inner = max(1, 512 // len(x))  # enough passes per timed call to rise above timer noise
+
+    def passes(model):
+        for _ in range(inner):
+            model(x)
+
+    with torch.inference_mode():  # alternate, so drifts in machine load hit all alike
+        times = time_alternating({name: (lambda m=m: passes(m)) for name, m in models.items()},
+                                 repeats=3 * rounds, clock=time.perf_counter)
+    return {name: float(np.median(t)) / inner for name, t in times.items()}
 
 
 def main() -> None:

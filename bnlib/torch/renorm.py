@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .batchnorm import _BatchNorm, _dim_error
+from .batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from .functional import _check, batch_norm
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "batch_renorm", "renorm_correction"]
@@ -145,9 +145,7 @@ class BatchRenorm1d(_BatchRenorm):
         torch.Size([8, 4])
     """
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() not in (2, 3):
-            raise _dim_error("2D or 3D", input)
+    _check_input_dim = BatchNorm1d._check_input_dim  # (N, C) or (N, C, L)
 
 
 class BatchRenorm2d(_BatchRenorm):
@@ -158,6 +156,4 @@ class BatchRenorm2d(_BatchRenorm):
         torch.Size([2, 3, 4, 4])
     """
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 4:
-            raise _dim_error("4D", input)
+    _check_input_dim = BatchNorm2d._check_input_dim  # (N, C, H, W)

@@ -159,14 +159,9 @@ class SyncBatchNorm(_BatchNorm):
     batch norm (``torch.nn.SyncBatchNorm`` falls back in the same cases).
 
     Args:
-        num_features: ``C``.
-        eps: added to the variance. Default: ``1e-5``.
-        momentum: weight of the new batch in the running averages, ``None`` for a cumulative
-            average. Default: ``0.1``.
-        affine: learnable ``weight`` and ``bias``. Default: ``True``.
-        track_running_stats: keep ``running_mean``/``running_var``. Default: ``True``.
+        num_features, eps, momentum, affine, track_running_stats, bias: as
+            :class:`bnlib.torch.BatchNorm1d`.
         process_group: the group to synchronize over; ``None`` for the world. Default: ``None``.
-        bias: keyword-only; with ``affine``, also learn the shift. Default: ``True``.
 
     Shape:
         Input ``(N, C, *)``, at least 2-D; output the same.
