@@ -1,10 +1,14 @@
 """The notebook contract (DESIGN.md section 1): every chapter's code cells were executed and
-stored their outputs, with nothing machine-specific in them, and the TOC lists every chapter."""
+stored their outputs, with nothing machine-specific in them, and the TOC lists every chapter.
+The reader contract (issue 13, tests/reader_contract.py): no code a reader sees calls glue(),
+and no line of it is wider than the page's code column (79 characters)."""
 import json
 import re
 from pathlib import Path
 
 import pytest
+
+from reader_contract import chapter_params, glue_problems, line_length_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
@@ -43,3 +47,36 @@ def test_outputs_hold_no_machine_paths_and_no_unexpected_errors(path):
         if '"ename"' in text:
             assert "raises-exception" in tags, f"cell {i} stored an error without the tag"
         assert "execution" not in cell.get("metadata", {}), f"cell {i} stores timings"
+
+
+@pytest.mark.parametrize("path", chapter_params("hidden-glue"))
+def test_no_code_a_reader_sees_calls_glue(path):
+    problems = glue_problems(path)
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("path", chapter_params("line-length"))
+def test_code_a_reader_sees_fits_the_column(path):
+    problems = line_length_problems(path)
+    assert not problems, f"{path.name}: {len(problems)} lines too long:\n  " + \
+        "\n  ".join(problems[:20])
+
+
+def test_the_reader_checks_catch_planted_defects(tmp_path):
+    """Visible glue and a visible 80-character line are reported; hidden ones are not."""
+    def cell(source, tags=()):
+        return {"cell_type": "code", "execution_count": 1, "metadata": {"tags": list(tags)},
+                "outputs": [], "source": source}
+    long_line = "x = " + "1" * 76  # 80 characters
+    nb = {"cells": [cell("from myst_nb import glue\nglue('a', 1, display=False)"),
+                    cell("myst_nb.glue('b', 2)"),
+                    cell("glue('c', 3)", ["remove-input"]),
+                    cell(long_line),
+                    cell(long_line, ["hide-cell"]),
+                    cell("x = 1  # glue('d', 4) in a comment is no call")],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "planted.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    assert [p.split()[1] for p in glue_problems(path)] == ["0", "1"]
+    assert [p.split()[1] for p in line_length_problems(path)] == ["3"]
+    assert "80 > 79" in line_length_problems(path)[0]
