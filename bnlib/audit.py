@@ -1,10 +1,13 @@
 """Audit a batch-norm module against ``torch.nn.BatchNorm1d``.
 
-:class:`NaiveBatchNorm1d` re-creates, on purpose, the defects of the module in the source
-article's section 4 (a ``BatchNorm1d`` written in a dozen lines). Each ``check_*`` function
+:class:`NaiveBatchNorm1d` re-creates, on purpose, the design of the module in the source
+article's section 4 (a ``BatchNorm1d`` written in a dozen lines), defects included, and
+:class:`CorrectedBatchNorm1d` is the same module with each audited behaviour fixed. Each ``check_*`` function
 takes a module class, builds it with ``module_cls(num_features)``, probes one behaviour, and
-returns a :class:`CheckResult` with the measured evidence. ``torch.nn.BatchNorm1d`` and
-:class:`bnlib.torch.BatchNorm1d` pass every check; :class:`NaiveBatchNorm1d` fails every one.
+returns a :class:`CheckResult` with the measured evidence. ``torch.nn.BatchNorm1d``,
+:class:`bnlib.torch.BatchNorm1d` and :class:`CorrectedBatchNorm1d` pass every check;
+:class:`NaiveBatchNorm1d` fails every one. :func:`grade` prints the verdict for a reader's
+module.
 
 Example:
     >>> import torch
@@ -25,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "CHECKS", "CheckResult", "NaiveBatchNorm1d", "check_accepts_3d_input",
+    "CHECKS", "DEFECTS", "VARIANCE_CONVENTIONS", "CheckResult", "CorrectedBatchNorm1d",
+    "NaiveBatchNorm1d", "grade", "check_accepts_3d_input",
     "check_backward_through_eval_after_training", "check_normalizes_with_biased_variance",
     "check_refuses_4d_input", "check_refuses_batch_of_one", "check_stats_carry_no_graph",
     "check_stats_follow_to", "check_stats_in_state_dict", "count_graph_nodes",
@@ -36,7 +40,7 @@ ModuleClass = Callable[[int], nn.Module]
 
 
 class NaiveBatchNorm1d(nn.Module):
-    """A deliberately defective batch norm in the style of the source article's example.
+    """A batch norm with the design of the source article's example, defects included.
 
     Training mode computes, per feature over the batch axis,
 
@@ -48,10 +52,11 @@ class NaiveBatchNorm1d(nn.Module):
 
     and ``running = (1 - momentum) * running + momentum * batch_statistic``.
 
-    Its defects, each caught by one audit check:
+    What the audit finds, one check each:
 
-    * it normalizes with the *unbiased* variance :math:`s_B^2` (``torch.nn`` uses the biased
-      one, dividing by :math:`m`), so outputs differ and their variance is :math:`(m-1)/m`;
+    * a design choice, not a defect: it normalizes with the *unbiased* variance
+      :math:`s_B^2` where ``torch.nn`` uses the biased one (dividing by :math:`m`), so its
+      outputs differ from ``torch.nn``'s and have variance :math:`(m-1)/m`;
     * ``running_mean`` and ``running_var`` are plain tensor attributes, not buffers: they are
       missing from ``state_dict()`` and ``.to()`` does not move or convert them;
     * the running statistics are computed from the input without ``detach()``, so they carry
@@ -59,6 +64,8 @@ class NaiveBatchNorm1d(nn.Module):
     * it reduces over axis 0 only, so a ``(N, C, L)`` input gets per-position statistics (or
       a shape error) and a 4-D input is not refused;
     * a training batch of one sample gives :math:`s_B^2 = 0/0` = NaN instead of an error.
+
+    :class:`CorrectedBatchNorm1d` is the same module with each of these changed.
 
     Args:
         num_features: ``C``.
@@ -74,22 +81,24 @@ class NaiveBatchNorm1d(nn.Module):
         False
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.num_features = num_features
+        self.eps, self.momentum = eps, momentum
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
-        # Defect: plain attributes instead of register_buffer.
+        # Plain attributes, not buffers:
         self.running_mean = torch.zeros(num_features)
         self.running_var = torch.ones(num_features)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x):
+        m = self.momentum
         if self.training:
-            mean = x.mean(dim=0)  # (C,) for (N, C); (C, L) for (N, C, L)
-            var = x.var(dim=0)  # defect: unbiased (divides by N - 1); NaN when N == 1
-            # Defect: no torch.no_grad() / detach(), so the statistics keep the graph.
-            self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mean
-            self.running_var = (1 - self.momentum) * self.running_var + self.momentum * var
+            mean = x.mean(dim=0)  # (C,) for (N, C)
+            var = x.var(dim=0)  # divides by N - 1
+            # Recorded by autograd: the statistics keep the graph.
+            self.running_mean = (1 - m) * self.running_mean + m * mean
+            self.running_var = (1 - m) * self.running_var + m * var
         else:
             mean, var = self.running_mean, self.running_var
         x_hat = (x - mean) / torch.sqrt(var + self.eps)
@@ -97,6 +106,91 @@ class NaiveBatchNorm1d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+#: The three conventions for the variance, as ``(normalize with, running update with)``:
+#: ``"torch"`` as ``torch.nn`` (biased, unbiased); ``"unbiased"`` as makemore (unbiased,
+#: unbiased); ``"biased"`` as CS231n and d2l (biased, biased).
+VARIANCE_CONVENTIONS = {"torch": (False, True), "unbiased": (True, True),
+                        "biased": (False, False)}
+
+
+class CorrectedBatchNorm1d(nn.Module):
+    """:class:`NaiveBatchNorm1d` with each audited behaviour changed to ``torch.nn``'s.
+
+    Training mode computes, per channel over the batch (and length) axes with
+    :math:`n` values per channel,
+
+    .. math::
+
+        \\mu_B = \\frac{1}{n}\\sum_i x_i, \\quad
+        \\sigma_B^2 = \\frac{1}{n}\\sum_i (x_i - \\mu_B)^2, \\quad
+        y_i = \\gamma \\frac{x_i - \\mu_B}{\\sqrt{\\sigma_B^2 + \\epsilon}} + \\beta ,
+
+    and updates the running statistics, without autograd history, with the unbiased
+    :math:`\\frac{n}{n-1}\\sigma_B^2`. ``variance`` selects another convention of
+    :data:`VARIANCE_CONVENTIONS` (a design choice; only ``"torch"`` is equal to
+    ``torch.nn``). Twenty-odd lines, for reading: :class:`bnlib.torch.BatchNorm1d` is the
+    complete drop-in (``momentum=None``, ``affine``, ``track_running_stats``, dtypes).
+
+    Args:
+        num_features: ``C``.
+        eps: added to the variance. Default: ``1e-5``.
+        momentum: weight of the new batch in the running averages. Default: ``0.1``.
+        variance: ``"torch"``, ``"unbiased"`` or ``"biased"``. Default: ``"torch"``.
+
+    Shape:
+        Input ``(N, C)`` or ``(N, C, L)``; output the same.
+
+    Example:
+        >>> bn, ref = CorrectedBatchNorm1d(3), nn.BatchNorm1d(3)
+        >>> x = torch.randn(4, 3, 5)
+        >>> torch.allclose(bn(x), ref(x), atol=1e-6), sorted(bn.state_dict()) == sorted(
+        ...     ref.state_dict())
+        (True, True)
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1,
+                 variance="torch"):
+        super().__init__()
+        if variance not in VARIANCE_CONVENTIONS:
+            raise ValueError(f"expected variance in {sorted(VARIANCE_CONVENTIONS)} "
+                             f"(got {variance!r})")
+        self.num_features = num_features
+        self.eps, self.momentum, self.variance = eps, momentum, variance
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        # Buffers: in state_dict(), moved and converted by .to().
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
+
+    def forward(self, x):
+        if x.dim() not in (2, 3):  # validate once, in torch's words
+            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+        dims = (0,) if x.dim() == 2 else (0, 2)  # over N, or N and L
+        shape = (1, -1) if x.dim() == 2 else (1, -1, 1)
+        if self.training:
+            n = x.numel() // x.shape[1]  # values per channel
+            if n < 2:
+                raise ValueError("Expected more than 1 value per channel "
+                                 f"when training, got input size {x.size()}")
+            norm_unbiased, run_unbiased = VARIANCE_CONVENTIONS[self.variance]
+            mean = x.mean(dim=dims)  # (C,)
+            var = x.var(dim=dims, unbiased=norm_unbiased)  # (C,)
+            with torch.no_grad():  # no autograd history in the buffers
+                run_var = x.var(dim=dims, unbiased=run_unbiased)
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(run_var, self.momentum)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return self.weight.view(shape) * x_hat + self.bias.view(shape)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"variance={self.variance!r}")
 
 
 @dataclass(frozen=True)
@@ -316,6 +410,67 @@ CHECKS: tuple[Callable[[ModuleClass], CheckResult], ...] = (
     check_refuses_4d_input,
     check_refuses_batch_of_one,
 )
+
+
+#: For each check: what a module that passes does, and a hint for one that fails.
+DEFECTS: dict[str, tuple[str, str]] = {
+    "normalizes_with_biased_variance": (
+        "normalizes with the biased variance, as torch.nn (a choice)",
+        "x.var(dim, unbiased=False) to normalize; the unbiased one for running_var"),
+    "stats_in_state_dict": (
+        "running statistics are saved and loaded with state_dict()",
+        "self.register_buffer('running_mean', torch.zeros(C)), same for running_var"),
+    "stats_follow_to": (
+        "running statistics follow .to(dtype) and .to(device)",
+        "buffers follow .to(); plain tensor attributes do not"),
+    "stats_carry_no_graph": (
+        "running statistics carry no autograd history",
+        "update them in place under torch.no_grad()"),
+    "backward_through_eval_after_training": (
+        "backward in eval mode after a training step works",
+        "the running statistics must not hold the training step's graph"),
+    "accepts_3d_input": (
+        "(N, C, L) input: statistics per channel over N and L",
+        "reduce over dims (0, 2); view mean, var, weight, bias as (1, C, 1)"),
+    "refuses_4d_input": (
+        "4-D input: ValueError 'expected 2D or 3D input (got 4D input)'",
+        "check x.dim() first in forward and raise ValueError in torch's words"),
+    "refuses_batch_of_one": (
+        "training on one sample: ValueError 'Expected more than 1 value per channel'",
+        "raise ValueError when N * L < 2 in training mode"),
+}
+
+
+def grade(module_cls: ModuleClass) -> list[CheckResult]:
+    """Run the audit on ``module_cls`` and print a verdict per check, with a hint for each
+    failed one (the grader of chapter 4's exercise).
+
+    Args:
+        module_cls: called as ``module_cls(num_features)``; the reader's module.
+
+    Returns:
+        The :func:`run_audit` results.
+
+    Example:
+        >>> _ = grade(nn.BatchNorm1d)  # doctest: +NORMALIZE_WHITESPACE
+        PASS  normalizes with the biased variance, as torch.nn (a choice)
+        PASS  running statistics are saved and loaded with state_dict()
+        PASS  running statistics follow .to(dtype) and .to(device)
+        PASS  running statistics carry no autograd history
+        PASS  backward in eval mode after a training step works
+        PASS  (N, C, L) input: statistics per channel over N and L
+        PASS  4-D input: ValueError 'expected 2D or 3D input (got 4D input)'
+        PASS  training on one sample: ValueError 'Expected more than 1 value per channel'
+        8 of 8 checks pass
+    """
+    results = run_audit(module_cls)
+    for r in results:
+        title, hint = DEFECTS[r.name]
+        print(f"{'PASS' if r.passed else 'FAIL'}  {title}")
+        if not r.passed:
+            print(f"      measured: {r.evidence[:160]}\n      hint: {hint}")
+    print(f"{sum(r.passed for r in results)} of {len(results)} checks pass")
+    return results
 
 
 def run_audit(module_cls: ModuleClass) -> list[CheckResult]:

@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 import bnlib.torch as bt
-from bnlib.audit import (CHECKS, CheckResult, NaiveBatchNorm1d, check_accepts_3d_input,
+from bnlib.audit import (CHECKS, DEFECTS, CheckResult, CorrectedBatchNorm1d, NaiveBatchNorm1d,
+                         check_accepts_3d_input, grade,
                          check_backward_through_eval_after_training,
                          check_normalizes_with_biased_variance, check_refuses_4d_input,
                          check_refuses_batch_of_one, check_stats_carry_no_graph,
                          check_stats_follow_to, check_stats_in_state_dict, count_graph_nodes,
                          format_audit, run_audit)
 
-CORRECT = {"torch.nn.BatchNorm1d": nn.BatchNorm1d, "bnlib.torch.BatchNorm1d": bt.BatchNorm1d}
+CORRECT = {"torch.nn.BatchNorm1d": nn.BatchNorm1d, "bnlib.torch.BatchNorm1d": bt.BatchNorm1d,
+           "bnlib.audit.CorrectedBatchNorm1d": CorrectedBatchNorm1d}
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -118,3 +120,62 @@ def test_format_audit_table():
     assert lines[0].split() == ["check", "naive", "torch.nn"]
     assert len(lines) == 1 + len(CHECKS)
     assert all(line.split()[1:] == ["FAIL", "PASS"] for line in lines[1:])
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5, 4, 3)])
+def test_corrected_module_equals_torch_nn_over_a_train_eval_sequence(shape):
+    # float64 so that the tolerance can be tight; three training steps, then evaluation.
+    g = torch.Generator().manual_seed(2)
+    ours, ref = CorrectedBatchNorm1d(4).double(), nn.BatchNorm1d(4).double()
+    with torch.no_grad():
+        for p in (ours.weight, ours.bias):
+            p.copy_(torch.randn(4, generator=g, dtype=torch.float64))
+    ref.load_state_dict(ours.state_dict())  # strict: the same keys as torch.nn
+    for step in range(4):
+        if step == 3:
+            ours.eval(), ref.eval()
+        x = (3 + 2 * torch.randn(shape, generator=g, dtype=torch.float64)).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        y, y_ref = ours(x), ref(x_ref)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        dy = torch.randn(shape, generator=g, dtype=torch.float64)
+        y.backward(dy), y_ref.backward(dy)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    for name, buf in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], buf, rtol=1e-12, atol=1e-12)
+
+
+def test_variance_conventions_of_the_corrected_module():
+    x = 1 + torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    m = 0.1
+    biased, unbiased = x.var(dim=0, unbiased=False), x.var(dim=0)
+    naive = NaiveBatchNorm1d(3, eps=1e-12).double()
+    naive.running_var = naive.running_var.double()
+    with torch.no_grad():
+        y_naive = naive(x)
+    for variance, norm_var, run_var in (("torch", biased, unbiased),
+                                        ("unbiased", unbiased, unbiased),
+                                        ("biased", biased, biased)):
+        bn = CorrectedBatchNorm1d(3, eps=1e-12, variance=variance).double()
+        with torch.no_grad():
+            y = bn(x)
+        torch.testing.assert_close(y, (x - x.mean(0)) / norm_var.sqrt(), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(bn.running_var, (1 - m) + m * run_var, rtol=1e-12, atol=0)
+        if variance == "unbiased":  # makemore's convention is the naive module's math
+            torch.testing.assert_close(y, y_naive, rtol=1e-12, atol=1e-12)
+    assert not check_normalizes_with_biased_variance(
+        lambda c: CorrectedBatchNorm1d(c, variance="unbiased")).passed
+    with pytest.raises(ValueError, match="variance"):
+        CorrectedBatchNorm1d(3, variance="sample")
+
+
+def test_grade_prints_a_verdict_and_a_hint_per_failed_check(capsys):
+    results = grade(NaiveBatchNorm1d)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"0 of {len(CHECKS)} checks pass"
+    assert sum(line.startswith("FAIL") for line in out) == len(CHECKS)
+    assert sum(line.strip().startswith("hint:") for line in out) == len(CHECKS)
+    assert [r.name for r in results] == list(DEFECTS)
+    grade(CorrectedBatchNorm1d)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"{len(CHECKS)} of {len(CHECKS)} checks pass" and "hint" not in "".join(out)
