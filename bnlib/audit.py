@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CHECKS", "DEFECTS", "VARIANCE_CONVENTIONS", "CheckResult", "CorrectedBatchNorm1d",
-    "NaiveBatchNorm1d", "grade", "check_accepts_3d_input",
+    "NaiveBatchNorm1d", "TrainEvalScale", "grade", "train_eval_scale", "check_accepts_3d_input",
     "check_backward_through_eval_after_training", "check_normalizes_with_biased_variance",
     "check_refuses_4d_input", "check_refuses_batch_of_one", "check_stats_carry_no_graph",
     "check_stats_follow_to", "check_stats_in_state_dict", "count_graph_nodes",
@@ -191,6 +191,73 @@ class CorrectedBatchNorm1d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"variance={self.variance!r}")
+
+
+@dataclass(frozen=True)
+class TrainEvalScale:
+    """What :func:`train_eval_scale` measured for one convention and batch size.
+
+    Attributes:
+        variance: the convention (a key of :data:`VARIANCE_CONVENTIONS`).
+        batch_size: ``m``.
+        train: mean of :math:`\\hat{x}^2` over the training-mode outputs.
+        eval: the same in evaluation mode, on fresh samples, after training.
+    """
+
+    variance: str
+    batch_size: int
+    train: float
+    eval: float
+
+    @property
+    def ratio(self) -> float:
+        """``eval / train``: 1 when both modes give outputs of the same scale."""
+        return self.eval / self.train
+
+
+@torch.no_grad()
+def train_eval_scale(variance: str, batch_size: int, num_features: int = 64,
+                     steps: int = 1000, momentum: float = 0.01,
+                     seed: int = 0) -> TrainEvalScale:
+    """The scale of the normalized output in training and in evaluation mode, for one
+    variance convention of :class:`CorrectedBatchNorm1d`.
+
+    Feeds ``steps`` batches of ``batch_size`` samples of :math:`x \\sim N(3, 2^2)` per
+    feature in training mode, then ``10,000`` fresh samples in evaluation mode, and returns
+    the mean of :math:`\\hat x^2` (``weight = 1``, ``bias = 0``) in each mode. In
+    expectation, with :math:`\\sigma_B^2` the biased batch variance and
+    :math:`E[\\sigma_B^2] = \\frac{m-1}{m}\\sigma^2`:
+
+    .. math::
+
+        \\text{torch: } 1 \\text{ and } 1, \\qquad
+        \\text{unbiased: } \\tfrac{m-1}{m} \\text{ and } 1, \\qquad
+        \\text{biased: } 1 \\text{ and } \\tfrac{m}{m-1} .
+
+    Args:
+        variance: ``"torch"``, ``"unbiased"`` or ``"biased"``.
+        batch_size: ``m``.
+        num_features: features, averaged over. Default: ``64``.
+        steps: training-mode batches; the running averages forget their initial values
+            (weight :math:`(1 - \\text{momentum})^{\\text{steps}}`). Default: ``1000``.
+        momentum: of the running averages. Default: ``0.01``.
+        seed: seeds the samples. Default: ``0``.
+
+    Example:
+        >>> r = train_eval_scale("unbiased", batch_size=2)
+        >>> round(r.train, 6), 1.8 < r.ratio < 2.2
+        (0.5, True)
+    """
+    g = torch.Generator().manual_seed(seed)
+    bn = CorrectedBatchNorm1d(num_features, eps=0.0, momentum=momentum,
+                              variance=variance).double()
+    train_sq = []
+    for _ in range(steps):
+        x = 3 + 2 * torch.randn(batch_size, num_features, generator=g, dtype=torch.float64)
+        train_sq.append(float(bn(x).square().mean()))
+    x = 3 + 2 * torch.randn(10_000, num_features, generator=g, dtype=torch.float64)
+    eval_sq = float(bn.eval()(x).square().mean())
+    return TrainEvalScale(variance, batch_size, sum(train_sq) / steps, eval_sq)
 
 
 @dataclass(frozen=True)

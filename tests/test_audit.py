@@ -9,7 +9,7 @@ from torch import nn
 
 import bnlib.torch as bt
 from bnlib.audit import (CHECKS, DEFECTS, CheckResult, CorrectedBatchNorm1d, NaiveBatchNorm1d,
-                         check_accepts_3d_input, grade,
+                         check_accepts_3d_input, grade, train_eval_scale,
                          check_backward_through_eval_after_training,
                          check_normalizes_with_biased_variance, check_refuses_4d_input,
                          check_refuses_batch_of_one, check_stats_carry_no_graph,
@@ -179,3 +179,15 @@ def test_grade_prints_a_verdict_and_a_hint_per_failed_check(capsys):
     grade(CorrectedBatchNorm1d)
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"{len(CHECKS)} of {len(CHECKS)} checks pass" and "hint" not in "".join(out)
+
+
+def test_train_eval_scale_matches_the_expected_ratios():
+    # Theory: eval/train = 1 for torch's pairing, m/(m-1) for one estimator in both modes;
+    # the running averages are noisy, so the tolerance is 5% (noise about 1-2% here).
+    for m in (2, 8):
+        torch_ = train_eval_scale("torch", m)
+        assert torch_.train == pytest.approx(1, abs=1e-9)
+        assert torch_.ratio == pytest.approx(1, rel=0.05)
+        for variance in ("unbiased", "biased"):
+            assert train_eval_scale(variance, m).ratio == pytest.approx(m / (m - 1), rel=0.05)
+    assert train_eval_scale("unbiased", 2).train == pytest.approx(0.5, abs=1e-9)
