@@ -1,10 +1,10 @@
-"""Training-mode-at-inference accuracy and the running-statistics gap, on short runs."""
+"""Training-mode-at-inference accuracy and the companion dependence of training mode."""
 import pytest
 import torch
 
 import bnlib.torch as bt
 from bnlib.experiments import accuracy, load_digits_split, mlp, train
-from bnlib.experiments.inference import batch_stat_accuracy
+from bnlib.experiments.inference import batch_stat_accuracy, probe_spread
 from bnlib.torch.precise import batch_norm_layers
 
 
@@ -48,17 +48,17 @@ def test_trailing_single_sample_is_folded_and_batch_of_one_refused(trained):
         batch_stat_accuracy(model, split.x_test, split.y_test, batch_size=1)
 
 
-def test_ema_vs_precise_lags_only_with_small_momentum():
-    from bnlib.experiments.inference import ema_vs_precise
-    split = load_digits_split()
-    results = {}
-    for momentum in (1.0, 0.001):
-        torch.manual_seed(0)
-        results[momentum] = ema_vs_precise(mlp(norm="batch"), split, [20, 40],
-                                           momentum=momentum, lr=0.5)
-    fast, slow = results[1.0], results[0.001]
-    assert fast.steps == slow.steps == [20, 40]
-    # training does not depend on momentum, so the precise statistics are identical
-    assert fast.precise_accuracy == slow.precise_accuracy
-    # momentum 0.001 leaves the running statistics near their initial values: chance level
-    assert max(slow.ema_accuracy) < 0.3 < min(slow.precise_accuracy)
+def test_probe_spread_is_zero_in_eval_mode_and_not_in_train_mode():
+    torch.manual_seed(0)
+    layer = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    pool = torch.randn(500, 3, dtype=torch.float64) * 2 + 1
+    for _ in range(20):
+        layer(pool[torch.randint(0, 500, (32,))])
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    train_std, eval_std = probe_spread(layer, pool, companions=15, draws=50,
+                                       generator=torch.Generator().manual_seed(0))
+    assert eval_std < 1e-12 and train_std > 0.05
+    for k, v in layer.state_dict().items():  # probed on a copy
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="companions >= 1"):
+        probe_spread(layer, pool, companions=0)

@@ -1,17 +1,14 @@
-"""Training mode versus inference mode: what goes wrong when the modes are mixed up, and how
-good the running (EMA) statistics are compared with precise population statistics
-(:func:`bnlib.experiments.practice.running_stats_error` measures the statistics themselves)."""
+"""Training mode versus inference mode: what goes wrong when a model is evaluated with batch
+statistics (:mod:`bnlib.experiments.running_stats` compares the running statistics with
+precise ones)."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from bnlib.torch.precise import batch_norm_layers
 
-__all__ = ["EmaVsPrecise", "batch_stat_accuracy", "ema_vs_precise"]
+__all__ = ["batch_stat_accuracy", "probe_spread"]
 
 
 @torch.no_grad()
@@ -48,47 +45,34 @@ def batch_stat_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int,
     return correct / len(y)
 
 
-@dataclass
-class EmaVsPrecise:
-    """Test accuracy during training with two sets of inference statistics.
+@torch.no_grad()
+def probe_spread(layer: nn.Module, pool: Tensor, companions: int, draws: int = 100,
+                 generator: torch.Generator | None = None) -> tuple[float, float]:
+    """How much one sample's output depends on its batch companions, in each mode.
 
-    Attributes:
-        steps: the training steps at which both were measured.
-        ema_accuracy: with the running (exponential-moving-average) statistics.
-        precise_accuracy: with statistics recomputed over the training set with the weights
-            of that step (:func:`bnlib.torch.recompute_bn_stats`).
+    The first row of ``pool`` (the probe) is fed ``draws`` times, each time with
+    ``companions`` other rows drawn at random from the rest of ``pool``, through a copy of
+    ``layer`` in training mode and in evaluation mode.
+
+    Args:
+        layer: a batch-norm layer (or a network with batch-norm layers).
+        pool: the data, ``(N, C)``; row 0 is the probe.
+        companions: other samples per batch (``>= 1``).
+        draws: number of batches. Default: ``100``.
+        generator: the random source of the draws. Default: ``None`` (torch's global one).
+
+    Returns:
+        ``(train_std, eval_std)``: the largest, over output channels, standard deviation of
+        the probe's output across the draws, in training and in evaluation mode.
     """
-
-    steps: list[int]
-    ema_accuracy: list[float]
-    precise_accuracy: list[float]
-
-
-def ema_vs_precise(model: nn.Module, split, checkpoints: list[int], momentum: float = 0.1,
-                   lr: float = 0.5, batch_size: int = 60, seed: int = 0) -> EmaVsPrecise:
-    """Train ``model`` and, at each checkpoint step, measure test accuracy with its EMA
-    running statistics and with precise statistics (Wu & Johnson 2021), computed on a copy
-    over the training set in batches of ``batch_size``; the model's own statistics are
-    never touched, so training proceeds exactly as without the measurements."""
-    from bnlib.torch.precise import recompute_bn_stats
-
-    from .train import accuracy, train
-
-    for layer in batch_norm_layers(model):
-        layer.momentum = momentum
-    result = EmaVsPrecise([], [], [])
-    x, n = split.x_train, len(split.x_train)
-    train_batches = [x[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-
-    def measure(step: int, net: nn.Module) -> None:
-        if step not in checkpoints:
-            return
-        result.steps.append(step)
-        result.ema_accuracy.append(accuracy(net, split.x_test, split.y_test))
-        precise = copy.deepcopy(net)
-        recompute_bn_stats(precise, train_batches)
-        result.precise_accuracy.append(accuracy(precise, split.x_test, split.y_test))
-
-    train(model, split, steps=max(checkpoints), batch_size=batch_size, lr=lr, seed=seed,
-          eval_every=max(checkpoints), on_step=measure)
-    return result
+    if companions < 1:
+        raise ValueError(f"expected companions >= 1 (got {companions})")
+    probe = copy.deepcopy(layer)
+    spreads = []
+    for training in (True, False):
+        probe.train(training)
+        outs = [probe(torch.cat([pool[:1], pool[1 + torch.randint(
+            0, len(pool) - 1, (companions,), generator=generator)]]))[0]
+            for _ in range(draws)]
+        spreads.append(float(torch.stack(outs).std(dim=0).max()))
+    return spreads[0], spreads[1]
