@@ -39,9 +39,11 @@ _ALL_NOTEBOOK_CHAPTERS = ("01_background", "02_core_concepts", "03_algorithm_and
 # (chapter, check) pairs that do not pass yet: remove a pair when its chapter passes the check.
 NOT_YET_COMPLIANT = {
     # Visible glue calls (issue 13, measured 20:30 UTC): every chapter.
-    *((chapter, "hidden-glue") for chapter in _ALL_NOTEBOOK_CHAPTERS),
+    *((chapter, "hidden-glue") for chapter in _ALL_NOTEBOOK_CHAPTERS
+      if chapter not in {"06_tools_and_resources"}),
     # Visible code lines over 79 characters: every chapter.
-    *((chapter, "line-length") for chapter in _ALL_NOTEBOOK_CHAPTERS),
+    *((chapter, "line-length") for chapter in _ALL_NOTEBOOK_CHAPTERS
+      if chapter not in {"06_tools_and_resources"}),
     # The install cell is applied by the lead when the reshaped chapters land.
     *((chapter, "install-cell") for chapter in _ALL_NOTEBOOK_CHAPTERS),
     # Code blocks that scroll sideways at 1280 px (the same long lines).
