@@ -46,9 +46,14 @@ NOT_YET_COMPLIANT = {
       if chapter not in {"06_tools_and_resources"}),
     # The install cell is applied by the lead when the reshaped chapters land.
     *((chapter, "install-cell") for chapter in _ALL_NOTEBOOK_CHAPTERS),
-    # Code blocks that scroll sideways at 1280 px (the same long lines).
-    *((chapter, "code-width") for chapter in _ALL_NOTEBOOK_CHAPTERS
-      if chapter != "08_faq"),
+    # Code blocks that scroll sideways at 1280 px (the same long lines; measured on a build
+    # of 20:30 UTC), including the API reference's signatures and docstring examples.
+    *((chapter, "code-width") for chapter in _ALL_NOTEBOOK_CHAPTERS),
+    ("06b_api_reference", "code-width"),
+    # Pages wider than a 390 px phone: chapter 4's checklist table; the API reference's
+    # display equations and signatures.
+    ("04_best_practice_code", "phone-width"),
+    ("06b_api_reference", "phone-width"),
     # Uncaptioned figures with hashed file names as alt text (chapters without figures pass).
     *((chapter, "figures") for chapter in _ALL_NOTEBOOK_CHAPTERS
       if chapter not in {"06_tools_and_resources", "08_faq"}),

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/reader_contract.py (NOT_YET_COMPLIANT), shared with the notebook-contract test.
+sys.path.insert(0, str(ROOT / "tests"))
 HTML_DIR = Path(os.environ.get("BNBOOK_HTML", ROOT / "_build" / "html")).resolve()
 # Screenshots go next to the HTML folder: _build/screenshots for the default _build/html.
 SCREENSHOT_DIR = Path(os.environ.get("BNBOOK_SCREENSHOTS", HTML_DIR.parent / "screenshots"))
