@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "CHECKS", "DEFECTS", "VARIANCE_CONVENTIONS", "CheckResult", "CorrectedBatchNorm1d",
-    "NaiveBatchNorm1d", "TrainEvalScale", "grade", "train_eval_scale", "check_accepts_3d_input",
+    "CHECKS", "DEFECTS", "CheckResult", "CorrectedBatchNorm1d",
+    "NaiveBatchNorm1d", "grade", "check_accepts_3d_input",
     "check_backward_through_eval_after_training", "check_normalizes_with_biased_variance",
     "check_refuses_4d_input", "check_refuses_batch_of_one", "check_stats_carry_no_graph",
     "check_stats_follow_to", "check_stats_in_state_dict", "count_graph_nodes",
@@ -108,13 +108,6 @@ class NaiveBatchNorm1d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-#: The three conventions for the variance, as ``(normalize with, running update with)``:
-#: ``"torch"`` as ``torch.nn`` (biased, unbiased); ``"unbiased"`` as makemore (unbiased,
-#: unbiased); ``"biased"`` as CS231n and d2l (biased, biased).
-VARIANCE_CONVENTIONS = {"torch": (False, True), "unbiased": (True, True),
-                        "biased": (False, False)}
-
-
 class CorrectedBatchNorm1d(nn.Module):
     """:class:`NaiveBatchNorm1d` with each audited behaviour changed to ``torch.nn``'s.
 
@@ -128,16 +121,16 @@ class CorrectedBatchNorm1d(nn.Module):
         y_i = \\gamma \\frac{x_i - \\mu_B}{\\sqrt{\\sigma_B^2 + \\epsilon}} + \\beta ,
 
     and updates the running statistics, without autograd history, with the unbiased
-    :math:`\\frac{n}{n-1}\\sigma_B^2`. ``variance`` selects another convention of
-    :data:`VARIANCE_CONVENTIONS` (a design choice; only ``"torch"`` is equal to
-    ``torch.nn``). Twenty-odd lines, for reading: :class:`bnlib.torch.BatchNorm1d` is the
-    complete drop-in (``momentum=None``, ``affine``, ``track_running_stats``, dtypes).
+    :math:`\\frac{n}{n-1}\\sigma_B^2`, as ``torch.nn`` does (normalizing with the
+    unbiased variance instead, as the naive module and makemore do, is a design choice:
+    :mod:`bnlib.experiments.bessel`). Short, for reading: :class:`bnlib.torch.BatchNorm1d`
+    is the complete drop-in (``momentum=None``, ``affine``, ``track_running_stats``,
+    dtypes, speed).
 
     Args:
         num_features: ``C``.
         eps: added to the variance. Default: ``1e-5``.
         momentum: weight of the new batch in the running averages. Default: ``0.1``.
-        variance: ``"torch"``, ``"unbiased"`` or ``"biased"``. Default: ``"torch"``.
 
     Shape:
         Input ``(N, C)`` or ``(N, C, L)``; output the same.
@@ -150,14 +143,10 @@ class CorrectedBatchNorm1d(nn.Module):
         (True, True)
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1,
-                 variance="torch"):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        if variance not in VARIANCE_CONVENTIONS:
-            raise ValueError(f"expected variance in {sorted(VARIANCE_CONVENTIONS)} "
-                             f"(got {variance!r})")
         self.num_features = num_features
-        self.eps, self.momentum, self.variance = eps, momentum, variance
+        self.eps, self.momentum = eps, momentum
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         # Buffers: in state_dict(), moved and converted by .to().
@@ -175,13 +164,11 @@ class CorrectedBatchNorm1d(nn.Module):
             if n < 2:
                 raise ValueError("Expected more than 1 value per channel "
                                  f"when training, got input size {x.size()}")
-            norm_unbiased, run_unbiased = VARIANCE_CONVENTIONS[self.variance]
             mean = x.mean(dim=dims)  # (C,)
-            var = x.var(dim=dims, unbiased=norm_unbiased)  # (C,)
+            var = x.var(dim=dims, unbiased=False)  # (C,) biased
             with torch.no_grad():  # no autograd history in the buffers
-                run_var = x.var(dim=dims, unbiased=run_unbiased)
                 self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(run_var, self.momentum)
+                self.running_var.lerp_(var * n / (n - 1), self.momentum)
                 self.num_batches_tracked += 1
         else:
             mean, var = self.running_mean, self.running_var
@@ -189,75 +176,7 @@ class CorrectedBatchNorm1d(nn.Module):
         return self.weight.view(shape) * x_hat + self.bias.view(shape)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"variance={self.variance!r}")
-
-
-@dataclass(frozen=True)
-class TrainEvalScale:
-    """What :func:`train_eval_scale` measured for one convention and batch size.
-
-    Attributes:
-        variance: the convention (a key of :data:`VARIANCE_CONVENTIONS`).
-        batch_size: ``m``.
-        train: mean of :math:`\\hat{x}^2` over the training-mode outputs.
-        eval: the same in evaluation mode, on fresh samples, after training.
-    """
-
-    variance: str
-    batch_size: int
-    train: float
-    eval: float
-
-    @property
-    def ratio(self) -> float:
-        """``eval / train``: 1 when both modes give outputs of the same scale."""
-        return self.eval / self.train
-
-
-@torch.no_grad()
-def train_eval_scale(variance: str, batch_size: int, num_features: int = 64,
-                     steps: int = 1000, momentum: float = 0.01,
-                     seed: int = 0) -> TrainEvalScale:
-    """The scale of the normalized output in training and in evaluation mode, for one
-    variance convention of :class:`CorrectedBatchNorm1d`.
-
-    Feeds ``steps`` batches of ``batch_size`` samples of :math:`x \\sim N(3, 2^2)` per
-    feature in training mode, then ``10,000`` fresh samples in evaluation mode, and returns
-    the mean of :math:`\\hat x^2` (``weight = 1``, ``bias = 0``) in each mode. In
-    expectation, with :math:`\\sigma_B^2` the biased batch variance and
-    :math:`E[\\sigma_B^2] = \\frac{m-1}{m}\\sigma^2`:
-
-    .. math::
-
-        \\text{torch: } 1 \\text{ and } 1, \\qquad
-        \\text{unbiased: } \\tfrac{m-1}{m} \\text{ and } 1, \\qquad
-        \\text{biased: } 1 \\text{ and } \\tfrac{m}{m-1} .
-
-    Args:
-        variance: ``"torch"``, ``"unbiased"`` or ``"biased"``.
-        batch_size: ``m``.
-        num_features: features, averaged over. Default: ``64``.
-        steps: training-mode batches; the running averages forget their initial values
-            (weight :math:`(1 - \\text{momentum})^{\\text{steps}}`). Default: ``1000``.
-        momentum: of the running averages. Default: ``0.01``.
-        seed: seeds the samples. Default: ``0``.
-
-    Example:
-        >>> r = train_eval_scale("unbiased", batch_size=2)
-        >>> round(r.train, 6), 1.8 < r.ratio < 2.2
-        (0.5, True)
-    """
-    g = torch.Generator().manual_seed(seed)
-    bn = CorrectedBatchNorm1d(num_features, eps=0.0, momentum=momentum,
-                              variance=variance).double()
-    train_sq = []
-    for _ in range(steps):
-        x = 3 + 2 * torch.randn(batch_size, num_features, generator=g, dtype=torch.float64)
-        train_sq.append(float(bn(x).square().mean()))
-    x = 3 + 2 * torch.randn(10_000, num_features, generator=g, dtype=torch.float64)
-    eval_sq = float(bn.eval()(x).square().mean())
-    return TrainEvalScale(variance, batch_size, sum(train_sq) / steps, eval_sq)
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
 @dataclass(frozen=True)

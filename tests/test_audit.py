@@ -9,7 +9,7 @@ from torch import nn
 
 import bnlib.torch as bt
 from bnlib.audit import (CHECKS, DEFECTS, CheckResult, CorrectedBatchNorm1d, NaiveBatchNorm1d,
-                         check_accepts_3d_input, grade, train_eval_scale,
+                         check_accepts_3d_input, grade,
                          check_backward_through_eval_after_training,
                          check_normalizes_with_biased_variance, check_refuses_4d_input,
                          check_refuses_batch_of_one, check_stats_carry_no_graph,
@@ -145,30 +145,6 @@ def test_corrected_module_equals_torch_nn_over_a_train_eval_sequence(shape):
         torch.testing.assert_close(ours.state_dict()[name], buf, rtol=1e-12, atol=1e-12)
 
 
-def test_variance_conventions_of_the_corrected_module():
-    x = 1 + torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    m = 0.1
-    biased, unbiased = x.var(dim=0, unbiased=False), x.var(dim=0)
-    naive = NaiveBatchNorm1d(3, eps=1e-12).double()
-    naive.running_var = naive.running_var.double()
-    with torch.no_grad():
-        y_naive = naive(x)
-    for variance, norm_var, run_var in (("torch", biased, unbiased),
-                                        ("unbiased", unbiased, unbiased),
-                                        ("biased", biased, biased)):
-        bn = CorrectedBatchNorm1d(3, eps=1e-12, variance=variance).double()
-        with torch.no_grad():
-            y = bn(x)
-        torch.testing.assert_close(y, (x - x.mean(0)) / norm_var.sqrt(), rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(bn.running_var, (1 - m) + m * run_var, rtol=1e-12, atol=0)
-        if variance == "unbiased":  # makemore's convention is the naive module's math
-            torch.testing.assert_close(y, y_naive, rtol=1e-12, atol=1e-12)
-    assert not check_normalizes_with_biased_variance(
-        lambda c: CorrectedBatchNorm1d(c, variance="unbiased")).passed
-    with pytest.raises(ValueError, match="variance"):
-        CorrectedBatchNorm1d(3, variance="sample")
-
-
 def test_grade_prints_a_verdict_and_a_hint_per_failed_check(capsys):
     results = grade(NaiveBatchNorm1d)
     out = capsys.readouterr().out.splitlines()
@@ -180,14 +156,3 @@ def test_grade_prints_a_verdict_and_a_hint_per_failed_check(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"{len(CHECKS)} of {len(CHECKS)} checks pass" and "hint" not in "".join(out)
 
-
-def test_train_eval_scale_matches_the_expected_ratios():
-    # Theory: eval/train = 1 for torch's pairing, m/(m-1) for one estimator in both modes;
-    # the running averages are noisy, so the tolerance is 5% (noise about 1-2% here).
-    for m in (2, 8):
-        torch_ = train_eval_scale("torch", m)
-        assert torch_.train == pytest.approx(1, abs=1e-9)
-        assert torch_.ratio == pytest.approx(1, rel=0.05)
-        for variance in ("unbiased", "biased"):
-            assert train_eval_scale(variance, m).ratio == pytest.approx(m / (m - 1), rel=0.05)
-    assert train_eval_scale("unbiased", 2).train == pytest.approx(0.5, abs=1e-9)
