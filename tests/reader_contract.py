@@ -31,32 +31,41 @@ MAX_LINE = 79
 HIDDEN_TAGS = {"remove-input", "remove-cell", "hide-input", "hide-cell"}
 CHECKS = ("hidden-glue", "line-length", "install-cell", "code-width", "phone-width", "figures")
 
-_ALL_NOTEBOOK_CHAPTERS = ("01_background", "02_core_concepts", "03_algorithm_and_math",
-                          "04_best_practice_code", "05_applications",
-                          "06_tools_and_resources", "07_summary_and_future",
-                          "07b_beyond_batch_norm", "08_faq", "09_performance")
-
-# (chapter, check) pairs that do not pass yet: remove a pair when its chapter passes the check.
+# (chapter, check) pairs that do not pass yet, measured on main at 20:55 UTC (notebook
+# checks) and on a build of 20:33 UTC (browser checks). Remove a pair when its chapter passes;
+# `python tests/reader_contract.py` lists the notebook-level pairs that pass already.
 NOT_YET_COMPLIANT = {
-    # Visible glue calls (issue 13, measured 20:30 UTC): every chapter.
-    *((chapter, "hidden-glue") for chapter in _ALL_NOTEBOOK_CHAPTERS
-      if chapter not in {"06_tools_and_resources"}),
-    # Visible code lines over 79 characters: every chapter.
-    *((chapter, "line-length") for chapter in _ALL_NOTEBOOK_CHAPTERS
-      if chapter not in {"06_tools_and_resources"}),
-    # The install cell is applied by the lead when the reshaped chapters land.
-    *((chapter, "install-cell") for chapter in _ALL_NOTEBOOK_CHAPTERS),
-    # Code blocks that scroll sideways at 1280 px (the same long lines; measured on a build
-    # of 20:30 UTC), including the API reference's signatures and docstring examples.
-    *((chapter, "code-width") for chapter in _ALL_NOTEBOOK_CHAPTERS),
-    ("06b_api_reference", "code-width"),
-    # Pages wider than a 390 px phone: chapter 4's checklist table; the API reference's
-    # display equations and signatures.
-    ("04_best_practice_code", "phone-width"),
-    ("06b_api_reference", "phone-width"),
-    # Uncaptioned figures with hashed file names as alt text (chapters without figures pass).
-    *((chapter, "figures") for chapter in _ALL_NOTEBOOK_CHAPTERS
-      if chapter not in {"06_tools_and_resources", "08_faq"}),
+    ("01_background", "hidden-glue"), ("01_background", "line-length"),
+    ("01_background", "install-cell"), ("01_background", "code-width"),
+    ("01_background", "figures"),
+    ("02_core_concepts", "hidden-glue"), ("02_core_concepts", "line-length"),
+    ("02_core_concepts", "install-cell"), ("02_core_concepts", "code-width"),
+    ("02_core_concepts", "figures"),
+    ("03_algorithm_and_math", "hidden-glue"), ("03_algorithm_and_math", "line-length"),
+    ("03_algorithm_and_math", "install-cell"), ("03_algorithm_and_math", "code-width"),
+    ("03_algorithm_and_math", "figures"),
+    # Chapter 4 also overflows a phone screen.
+    ("04_best_practice_code", "hidden-glue"), ("04_best_practice_code", "line-length"),
+    ("04_best_practice_code", "install-cell"), ("04_best_practice_code", "code-width"),
+    ("04_best_practice_code", "figures"), ("04_best_practice_code", "phone-width"),
+    ("05_applications", "hidden-glue"), ("05_applications", "line-length"),
+    ("05_applications", "install-cell"), ("05_applications", "code-width"),
+    ("05_applications", "figures"),
+    ("06_tools_and_resources", "install-cell"), ("06_tools_and_resources", "code-width"),
+    # The API reference (autodoc): long signatures and docstring examples; display
+    # equations wider than a phone.
+    ("06b_api_reference", "code-width"), ("06b_api_reference", "phone-width"),
+    ("07_summary_and_future", "hidden-glue"), ("07_summary_and_future", "line-length"),
+    ("07_summary_and_future", "install-cell"), ("07_summary_and_future", "code-width"),
+    ("07_summary_and_future", "figures"),
+    ("07b_beyond_batch_norm", "hidden-glue"), ("07b_beyond_batch_norm", "line-length"),
+    ("07b_beyond_batch_norm", "install-cell"), ("07b_beyond_batch_norm", "code-width"),
+    ("07b_beyond_batch_norm", "figures"),
+    ("08_faq", "hidden-glue"), ("08_faq", "line-length"), ("08_faq", "install-cell"),
+    ("08_faq", "code-width"),
+    ("09_performance", "hidden-glue"), ("09_performance", "line-length"),
+    ("09_performance", "install-cell"), ("09_performance", "code-width"),
+    ("09_performance", "figures"),
 }
 
 
@@ -95,6 +104,19 @@ def visible_code_cells(notebook):
     return cells
 
 
+def load_install_cell():
+    """``scripts/install-cell`` as a module (it has no .py suffix)."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("install_cell",
+                                                  str(ROOT / "scripts" / "install-cell"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(
+        "install_cell", loader))
+    loader.exec_module(module)
+    return module
+
+
 GLUE_CALL = re.compile(r"(?<![\w.])(?:\w+\.)*glue\s*\(")
 
 
@@ -113,3 +135,30 @@ def line_length_problems(notebook):
                 found.append(f"cell {index} line {number} has {len(line)} > {MAX_LINE} "
                              f"characters: {line[:50]!r}...")
     return found
+
+
+def notebook_check_problems(notebook, check):
+    """Problems of one notebook-level check ('hidden-glue', 'line-length', 'install-cell')."""
+    if check == "hidden-glue":
+        return glue_problems(notebook)
+    if check == "line-length":
+        return line_length_problems(notebook)
+    if check == "install-cell":
+        import nbformat
+
+        script = load_install_cell()
+        return script.problems(nbformat.read(notebook, as_version=4), script.cell_source())
+    raise ValueError(f"{check} is checked on the built book (tests/browser)")
+
+
+if __name__ == "__main__":
+    # `python tests/reader_contract.py`: the notebook-level status of every chapter, and which
+    # NOT_YET_COMPLIANT pairs to remove (the browser-level ones need a build and tests/browser).
+    for notebook in NOTEBOOKS:
+        for check in ("hidden-glue", "line-length", "install-cell"):
+            failing = bool(notebook_check_problems(notebook, check))
+            listed = (notebook.stem, check) in NOT_YET_COMPLIANT
+            note = {(True, True): "fails (listed)", (False, False): "passes",
+                    (False, True): "PASSES: remove it from NOT_YET_COMPLIANT",
+                    (True, False): "FAILS: fix the chapter (or list it)"}[failing, listed]
+            print(f"{notebook.stem:28} {check:13} {note}")
