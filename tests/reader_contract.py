@@ -38,7 +38,6 @@ NOT_YET_COMPLIANT = {
     ("01_background", "hidden-glue"), ("01_background", "line-length"),
     ("01_background", "install-cell"), ("01_background", "code-width"),
     ("01_background", "figures"),
-    ("02_core_concepts", "hidden-glue"), ("02_core_concepts", "line-length"),
     ("02_core_concepts", "install-cell"), ("02_core_concepts", "code-width"),
     ("02_core_concepts", "figures"),
     ("03_algorithm_and_math", "hidden-glue"), ("03_algorithm_and_math", "line-length"),
