@@ -1,0 +1,80 @@
+"""Rule 3 of chapter 4: batch norm before or after the activation.
+
+``"before"`` is Ioffe & Szegedy's ``Linear(bias=False) -> BN -> ReLU``; ``"after"`` is
+``Linear -> ReLU -> BN``. :func:`placement_arms` gives the two as arms of the shared
+protocol (:mod:`bnlib.experiments.protocol`), each with its own learning rate.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .init import init_for_activation
+from .models import ACTIVATIONS, make_norm, mlp
+from .protocol import Arm
+
+__all__ = ["PLACEMENTS", "mlp_with_placement", "placement_arms"]
+
+PLACEMENTS = ("before", "after")
+
+
+def mlp_with_placement(placement: str, in_features: int = 64, hidden: int = 100,
+                       depth: int = 3, num_classes: int = 10, activation: str = "relu",
+                       init: str = "auto") -> nn.Sequential:
+    """An MLP with batch norm before or after each hidden activation.
+
+    ``"before"``: ``Linear(bias=False) -> BN -> activation`` (Ioffe & Szegedy 2015, the same
+    network as :func:`bnlib.experiments.mlp`); ``"after"``: ``Linear -> activation -> BN``.
+
+    Args:
+        placement: ``"before"`` or ``"after"``.
+        in_features, hidden, depth, num_classes: sizes. Defaults: ``64``, ``100``, ``3``,
+            ``10``.
+        activation: ``"relu"``, ``"tanh"`` or ``"sigmoid"``. Default: ``"relu"``.
+        init: ``"auto"`` (initialized for ``activation``, see
+            :func:`~bnlib.experiments.init.init_for_activation`) or ``"default"``
+            (PyTorch's). Default: ``"auto"``.
+
+    Shape:
+        ``(N, in_features) -> (N, num_classes)``.
+
+    Example:
+        >>> mlp_with_placement("after", depth=1)
+        Sequential(
+          (0): Linear(in_features=64, out_features=100, bias=True)
+          (1): ReLU()
+          (2): BatchNorm1d(100, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+          (3): Linear(in_features=100, out_features=10, bias=True)
+        )
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"expected placement in {PLACEMENTS} (got {placement!r})")
+    if placement == "before":
+        return mlp(in_features, hidden, depth, num_classes, activation, norm="batch",
+                   init=init)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"expected activation in {sorted(ACTIVATIONS)} (got {activation!r})")
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), ACTIVATIONS[activation](), make_norm("batch", hidden)]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    model = nn.Sequential(*layers)
+    return init_for_activation(model, activation) if init == "auto" else model
+
+
+def placement_arms(activation: str = "relu", eval_every: int = 50, **mlp_kwargs) -> list[Arm]:
+    """The two placements as arms of :func:`bnlib.experiments.protocol.run`, named
+    ``"before"`` and ``"after"``, each initialized for ``activation``.
+
+    Args:
+        activation: the hidden activation. Default: ``"relu"``.
+        eval_every: steps between evaluations. Default: ``50``.
+        **mlp_kwargs: sizes for :func:`mlp_with_placement`.
+
+    Example:
+        >>> [arm.name for arm in placement_arms()]
+        ['before', 'after']
+    """
+    return [Arm(p, lambda p=p: mlp_with_placement(p, activation=activation, **mlp_kwargs),
+                train_kwargs={"eval_every": eval_every}) for p in PLACEMENTS]
