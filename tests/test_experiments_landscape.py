@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from bnlib.experiments import load_digits_split, mlp, train
-from bnlib.experiments.landscape import (Landscape, NoisyBatchNorm1d, PercentileTrace,
-                                         compare_noisy_bn, gradient_landscape,
-                                         landscape_during_training, noisy_mlp)
+from bnlib.experiments.landscape import (Landscape, LandscapeRecorder, NoisyBatchNorm1d,
+                                         PercentileTrace, compare_landscapes,
+                                         compare_noisy_bn, gradient_landscape, noisy_mlp)
 
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 
@@ -160,35 +160,64 @@ def test_landscape_summaries_follow_their_definitions():
     np.testing.assert_allclose(land.beta_smoothness, [max(1 / 1, 3 / 4), max(0.4 / 2, 0.2 / 8)])
 
 
-def test_landscape_during_training_is_seeded_and_leaves_training_alone():
+def test_recorder_is_seeded_leaves_training_alone_and_starts_a_trace_per_run():
     split = load_digits_split()
-    runs = []
+    recorder = LandscapeRecorder(split, (0.1, 0.4), measure_every=10, seed=3)
+    histories = []
     for _ in range(2):
         torch.manual_seed(0)
-        runs.append(landscape_during_training(mlp(norm="batch", activation="relu"), split,
-                                              steps=20, lr=0.1, step_sizes=(0.1, 0.4),
-                                              measure_every=10, eval_every=10))
-    a, b = runs
+        histories.append(train(mlp(norm="batch", activation="relu"), split, steps=20,
+                               lr=0.1, eval_every=10, on_step=recorder))
+    a, b = recorder.landscapes()
     assert a.steps.tolist() == [10, 20] and a.losses.shape == a.distances.shape == (2, 2)
+    # The second trace draws its batches from seed 4, so the same run measures differently.
+    assert not np.array_equal(a.losses, b.losses)
+    again = LandscapeRecorder(split, (0.1, 0.4), measure_every=10, seed=3)
+    torch.manual_seed(0)
+    train(mlp(norm="batch", activation="relu"), split, steps=20, lr=0.1, eval_every=10,
+          on_step=again)
     for name in ("loss", "losses", "grad_norm", "distances"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(getattr(a, name), getattr(again.landscapes()[0], name))
     assert (a.loss_range >= 0).all() and (a.distances > 0).all() and (a.beta_smoothness > 0).all()
     torch.manual_seed(0)
     plain = train(mlp(norm="batch", activation="relu"), split, steps=20, lr=0.1, eval_every=10)
-    assert plain.test_accuracy == a.history.test_accuracy
-    assert plain.train_loss[1:] == a.history.train_loss[1:]  # [0] is NaN: no step yet
+    assert plain.val_accuracy == histories[0].val_accuracy
+    assert plain.train_loss[1:] == histories[0].train_loss[1:]  # [0] is NaN: no step yet
+    assert plain.test_accuracy == histories[0].test_accuracy
+    with pytest.raises(ValueError, match="measure_every"):
+        LandscapeRecorder(split, (0.1,), measure_every=0)
 
 
-def test_compare_noisy_bn_returns_aligned_runs_and_noisier_inputs():
-    result = compare_noisy_bn(load_digits_split(), seeds=(0, 1), steps=40, lr=0.1,
-                              shift_noise=1.0, eval_every=20, activation="relu", depth=2)
-    assert result.steps.tolist() == [0, 20, 40]
-    for variant in ("none", "batch", "noisy"):
-        assert result.test_accuracy(variant).shape == (2, 3)
+def test_compare_landscapes_uses_each_arms_rate_and_pairs_seeds():
+    split = load_digits_split()
+    builders = {n: (lambda n=n: mlp(norm=n, activation="relu", depth=1)) for n in ("none", "batch")}
+    comp = compare_landscapes(split, builders, {"none": 0.05, "batch": 0.2}, steps=20,
+                              seeds=(0, 1), step_multiples=(0.5, 2.0), measure_every=10,
+                              eval_every=10)
+    assert comp.results.lrs == {"none": 0.05, "batch": 0.2}
+    np.testing.assert_allclose(comp.landscapes["batch"][0].step_sizes, [0.1, 0.4])
+    np.testing.assert_allclose(comp.landscapes["none"][1].step_sizes, [0.025, 0.1])
+    assert len(comp.landscapes["none"]) == 2
+    means = comp.phase_means("none", "loss_range", 1, 20)
+    assert means.shape == (2,)
+    ratio = comp.ratio("none", "batch", "loss_range", 1, 20)
+    expected = means / comp.phase_means("batch", "loss_range", 1, 20)
+    np.testing.assert_allclose(ratio.values, expected)
+    assert ratio.low <= ratio.mean <= ratio.high
+    with pytest.raises(ValueError, match="no measurement"):
+        comp.phase_means("none", "loss_range", 21, 30)
+
+
+def test_compare_noisy_bn_chooses_each_rate_inside_its_slice_and_traces_noisier_inputs():
+    result = compare_noisy_bn(load_digits_split(), seeds=(0, 1), steps=40, shift_noise=1.0,
+                              eval_every=20, start=0.1, activation="relu", depth=2)
+    res = result.results
+    assert set(res.lrs) == {"none", "batch", "noisy"}
+    for arm, choice in res.choices.items():
+        assert choice.grid[0] < res.lrs[arm] < choice.grid[-1]
+        assert [h.steps for h in res.histories[arm]] == [[0, 20, 40]] * 2
+        assert all(isinstance(h.test_accuracy, float) for h in res.histories[arm])
     assert result.percentiles["batch"].shape == result.percentiles["noisy"].shape == (40, 3)
-    # Same initial weights: identical accuracy at step 0 for BN and noisy BN.
-    np.testing.assert_array_equal(result.test_accuracy("batch")[:, 0],
-                                  result.test_accuracy("noisy")[:, 0])
 
     def jitter(p):  # mean step-to-step change of the median the next layer sees
         return np.abs(np.diff(p[:, 1])).mean()

@@ -9,8 +9,12 @@ Two experiments test the two explanations of why batch normalization (BN) helps:
   plain, BN and noisy-BN networks side by side.
 * **The landscape along the gradient** (their Figure 4). :func:`gradient_landscape` steps from
   the current weights along the negative gradient with several step sizes and measures how much
-  the loss varies and how much the gradient changes; :func:`landscape_during_training` does it
-  at regular points of a training run.
+  the loss varies and how much the gradient changes; :class:`LandscapeRecorder` does it at
+  regular points of a training run and :func:`compare_landscapes` for several arms and seeds.
+
+Both comparisons follow :mod:`bnlib.experiments.protocol`: every arm has its own learning
+rate (chosen on validation, or stated when the experiment reproduces a paper-style setup),
+at least three seeds, and 95% intervals.
 """
 from __future__ import annotations
 
@@ -27,10 +31,13 @@ import bnlib.torch as bt
 
 from .data import Split
 from .models import mlp
+from .lr_search import CachedArm, run_widening
+from .protocol import Arm, Results, ratio_interval, run
 from .train import History, train
 
 __all__ = ["NoisyBatchNorm1d", "noisy_mlp", "PercentileTrace", "NoisyBNResult", "compare_noisy_bn",
-           "gradient_landscape", "Landscape", "landscape_during_training"]
+           "gradient_landscape", "Landscape", "LandscapeRecorder", "LandscapeComparison",
+           "compare_landscapes"]
 
 
 class NoisyBatchNorm1d(bt.BatchNorm1d):
@@ -161,39 +168,40 @@ class NoisyBNResult:
     """What :func:`compare_noisy_bn` returns.
 
     Attributes:
-        histories: ``variant -> one History per seed`` for ``"none"``, ``"batch"``, ``"noisy"``.
+        results: the protocol's :class:`~bnlib.experiments.protocol.Results` for the arms
+            ``"none"``, ``"batch"`` and ``"noisy"``, each at its own learning rate.
         percentiles: ``variant -> (steps, 3)`` array: 15th/50th/85th percentiles of unit 0 of the
             last hidden layer's normalized output (the input of its activation) at every
             training step, first seed, for ``"batch"`` and ``"noisy"``.
     """
 
-    histories: dict[str, list[History]]
+    results: Results
     percentiles: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def test_accuracy(self, variant: str) -> np.ndarray:
-        """``(seeds, evaluations)`` test accuracies of one variant."""
-        return np.array([h.test_accuracy for h in self.histories[variant]])
 
-    @property
-    def steps(self) -> np.ndarray:
-        return np.array(self.histories["batch"][0].steps)
+def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int = 300,
+                     batch_size: int = 60, scale_noise: float = 0.5, shift_noise: float = 0.5,
+                     eval_every: int = 25, start: float = 0.3,
+                     metric: str = "mean_val_accuracy", **mlp_kwargs) -> NoisyBNResult:
+    """Train a plain MLP, the same MLP with BN, and with noisy BN, each at its own rate.
 
-
-def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int = 500,
-                     lr: float = 0.5, batch_size: int = 60, scale_noise: float = 0.5,
-                     shift_noise: float = 0.5, eval_every: int = 50, **mlp_kwargs
-                     ) -> NoisyBNResult:
-    """Train a plain MLP, the same MLP with BN, and with noisy BN, for each seed.
-
-    Seed ``s`` initializes all three networks identically (``torch.manual_seed(s)`` before each)
-    and orders the batches the same way; the noisy layers then draw from the global generator.
+    Each arm's learning rate is chosen on validation by
+    :func:`bnlib.experiments.lr_search.run_widening` (a slice of the shared grid around
+    ``start`` that widens until its best point is inside); ``metric`` defaults to the mean
+    validation accuracy over the run's evaluations, which rewards fast training as well as
+    the final accuracy. Seed ``s`` initializes the three networks identically (for its
+    activation, :func:`bnlib.experiments.mlp`) and orders the batches the same way; the
+    noisy layers then draw from the global generator. The percentiles are recorded by
+    running seed ``seeds[0]`` again at the chosen rate (the same run, deterministic).
 
     Args:
-        split: the data.
-        seeds: one run per variant per seed. Default: ``(0, 1, 2)``.
-        steps, lr, batch_size, eval_every: as :func:`bnlib.experiments.train`.
-            Defaults: ``500``, ``0.5``, ``60``, ``50``.
+        split: the data, with a validation set.
+        seeds: at least 3 for the protocol. Default: ``(0, 1, 2)``.
+        steps, batch_size, eval_every: as :func:`bnlib.experiments.train`.
+            Defaults: ``300``, ``60``, ``25``.
         scale_noise, shift_noise: as :class:`NoisyBatchNorm1d`. Defaults: ``0.5``, ``0.5``.
+        start: centre of the first learning-rate slice. Default: ``0.3``.
+        metric: the validation metric of the choice. Default: ``"mean_val_accuracy"``.
         **mlp_kwargs: passed to :func:`bnlib.experiments.mlp` (``depth``, ``activation``, ...).
 
     Returns:
@@ -202,22 +210,20 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
     builders = {"none": lambda: mlp(norm="none", **mlp_kwargs),
                 "batch": lambda: mlp(norm="batch", **mlp_kwargs),
                 "noisy": lambda: noisy_mlp(scale_noise, shift_noise, **mlp_kwargs)}
-    result = NoisyBNResult({name: [] for name in builders})
-    for k, seed in enumerate(seeds):
-        for name, build in builders.items():
-            torch.manual_seed(seed)
-            model = build()
-            trace = None
-            if k == 0 and name != "none":
-                last_norm = [m for m in model if isinstance(m, bt.BatchNorm1d)][-1]
-                trace = PercentileTrace(last_norm)
-            history = train(model, split, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                            eval_every=eval_every)
-            result.histories[name].append(history)
-            if trace is not None:
-                trace.remove()
-                result.percentiles[name] = np.array(trace.values)  # (steps, 3)
-    return result
+    kwargs = {"batch_size": batch_size, "eval_every": eval_every, "train_accuracy": False}
+    arms = [CachedArm(name, build, train_kwargs=kwargs) for name, build in builders.items()]
+    results = run_widening(arms, split, steps, seeds, start=start, metric=metric)
+    out = NoisyBNResult(results)
+    for name in ("batch", "noisy"):
+        torch.manual_seed(seeds[0])
+        model = builders[name]()
+        last_norm = [m for m in model if isinstance(m, bt.BatchNorm1d)][-1]
+        trace = PercentileTrace(last_norm)
+        train(model, split, steps=steps, lr=results.lrs[name], seed=seeds[0], test=False,
+              **kwargs)
+        trace.remove()
+        out.percentiles[name] = np.array(trace.values)  # (steps, 3)
+    return out
 
 
 def _loss_and_gradient(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
@@ -322,42 +328,121 @@ class Landscape:
         return (self.distances / moved).max(axis=1)
 
 
-def landscape_during_training(model: nn.Module, split: Split, steps: int = 500, lr: float = 0.1,
-                              step_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4),
-                              measure_every: int = 25, batch_size: int = 60, seed: int = 0,
-                              eval_every: int = 50) -> Landscape:
-    """Train ``model`` with :func:`bnlib.experiments.train` and measure
-    :func:`gradient_landscape` every ``measure_every`` steps.
+class LandscapeRecorder:
+    """An ``on_step`` callback that measures :func:`gradient_landscape` during training.
 
-    Each measurement uses a fresh random training batch of ``batch_size`` samples drawn by its
-    own generator (seeded by ``seed``), so measuring does not change the training run.
+    Every ``measure_every`` steps it measures the landscape at the current weights on a
+    fresh random training batch of ``batch_size`` samples, drawn by its own generator, so
+    measuring does not change the training run. A run starts a new trace at step 1, so one
+    recorder serves every seed of a :func:`bnlib.experiments.protocol.run` (trace ``i`` is
+    the ``i``-th run; its generator is seeded with ``seed + i``).
 
     Args:
-        model: the classifier, initialized by the caller (seed it yourself).
-        split: the data.
-        steps, lr, batch_size, seed, eval_every: as :func:`bnlib.experiments.train`.
-            Defaults: ``500``, ``0.1``, ``60``, ``0``, ``50``.
+        split: the data (its training part is sampled).
         step_sizes: the :math:`\\eta_k`. Default: ``(0.05, 0.1, 0.2, 0.3, 0.4)``.
-        measure_every: steps between measurements. Default: ``25``.
+        measure_every: steps between measurements. Default: ``20``.
+        batch_size: samples per measured batch. Default: ``60``.
+        seed: seed of the first trace's generator. Default: ``0``.
+
+    Example:
+        >>> from bnlib.experiments import load_digits_split, mlp
+        >>> split = load_digits_split()
+        >>> rec = LandscapeRecorder(split, (0.1,), measure_every=5)
+        >>> _ = train(mlp(depth=1), split, steps=10, eval_every=10, on_step=rec)
+        >>> rec.landscapes()[0].steps.tolist()
+        [5, 10]
+    """
+
+    def __init__(self, split: Split, step_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4),
+                 measure_every: int = 20, batch_size: int = 60, seed: int = 0) -> None:
+        if measure_every < 1:
+            raise ValueError(f"expected measure_every >= 1 (got {measure_every})")
+        self.split, self.step_sizes = split, tuple(float(e) for e in step_sizes)
+        self.measure_every, self.batch_size, self.seed = measure_every, batch_size, seed
+        self.traces: list[list[tuple[int, float, float, np.ndarray, np.ndarray]]] = []
+        self._generator: torch.Generator | None = None
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step == 1:
+            self.traces.append([])
+            self._generator = torch.Generator().manual_seed(self.seed + len(self.traces) - 1)
+        if step % self.measure_every:
+            return
+        x, y = self.split.x_train, self.split.y_train
+        idx = torch.randperm(len(x), generator=self._generator)[:self.batch_size]
+        loss, grad, losses, distances = gradient_landscape(model, x[idx], y[idx],
+                                                           self.step_sizes)
+        self.traces[-1].append((step, loss, float(torch.linalg.vector_norm(grad)), losses,
+                                distances))
+
+    def landscapes(self) -> list[Landscape]:
+        """One :class:`Landscape` per recorded run (``history`` left ``None``)."""
+        return [Landscape(
+            steps=np.array([r[0] for r in rows]), step_sizes=np.array(self.step_sizes),
+            loss=np.array([r[1] for r in rows]), losses=np.array([r[3] for r in rows]),
+            grad_norm=np.array([r[2] for r in rows]), distances=np.array([r[4] for r in rows]),
+            history=None) for rows in self.traces]
+
+
+@dataclass
+class LandscapeComparison:
+    """What :func:`compare_landscapes` returns.
+
+    Attributes:
+        results: the protocol's :class:`~bnlib.experiments.protocol.Results` of the runs.
+        landscapes: ``arm -> one Landscape per seed``.
+    """
+
+    results: Results
+    landscapes: dict[str, list[Landscape]]
+
+    def phase_means(self, arm: str, metric: str, first: int, last: int) -> np.ndarray:
+        """``(seeds,)`` mean of ``metric`` (a :class:`Landscape` attribute such as
+        ``"loss_range"``) over the measurements at steps ``first`` to ``last``."""
+        out = []
+        for land in self.landscapes[arm]:
+            keep = (land.steps >= first) & (land.steps <= last)
+            if not keep.any():
+                raise ValueError(f"no measurement between steps {first} and {last}")
+            out.append(float(getattr(land, metric)[keep].mean()))
+        return np.array(out)
+
+    def ratio(self, a: str, b: str, metric: str, first: int, last: int):
+        """Seed-paired ratio ``a / b`` of :meth:`phase_means` as an
+        :class:`~bnlib.experiments.protocol.Interval` (geometric mean, 95% interval)."""
+        return ratio_interval(self.phase_means(a, metric, first, last),
+                              self.phase_means(b, metric, first, last))
+
+
+def compare_landscapes(split: Split, builders: dict, lrs: dict[str, float], steps: int = 300,
+                       seeds: Sequence[int] = (0, 1, 2), batch_size: int = 60,
+                       step_multiples: Sequence[float] = (0.5, 1.0, 2.0, 3.0, 4.0),
+                       measure_every: int = 20, eval_every: int = 25) -> LandscapeComparison:
+    """Train each arm at its learning rate with :func:`bnlib.experiments.protocol.run` and
+    measure the landscape along the gradient every ``measure_every`` steps.
+
+    The step sizes are multiples of each arm's own learning rate,
+    :math:`\\eta_k = m_k \\, \\eta_{\\text{train}}`: the landscape is probed over the steps
+    the optimizer actually takes (half to four training steps by default).
+
+    Args:
+        split: the data.
+        builders: ``arm -> callable returning a fresh model``.
+        lrs: ``arm -> learning rate`` (chosen on validation by the caller, or shared).
+        steps, seeds, batch_size, eval_every: as :func:`bnlib.experiments.protocol.run`.
+            Defaults: ``300``, ``(0, 1, 2)``, ``60``, ``25``.
+        step_multiples: the :math:`m_k`. Default: ``(0.5, 1, 2, 3, 4)``.
+        measure_every: steps between measurements. Default: ``20``.
 
     Returns:
-        A :class:`Landscape`.
+        A :class:`LandscapeComparison`.
     """
-    generator = torch.Generator().manual_seed(seed)
-    rows: list[tuple[int, float, float, np.ndarray, np.ndarray]] = []
-
-    def measure(step: int, net: nn.Module) -> None:
-        if step % measure_every:
-            return
-        idx = torch.randperm(len(split.x_train), generator=generator)[:batch_size]
-        loss, grad, losses, distances = gradient_landscape(
-            net, split.x_train[idx], split.y_train[idx], step_sizes)
-        rows.append((step, loss, float(torch.linalg.vector_norm(grad)), losses, distances))
-
-    history = train(model, split, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                    eval_every=eval_every, on_step=measure)
-    return Landscape(
-        steps=np.array([r[0] for r in rows]), step_sizes=np.array(step_sizes, dtype=float),
-        loss=np.array([r[1] for r in rows]), losses=np.array([r[3] for r in rows]),
-        grad_norm=np.array([r[2] for r in rows]), distances=np.array([r[4] for r in rows]),
-        history=history)
+    recorders = {name: LandscapeRecorder(split, [m * lrs[name] for m in step_multiples],
+                                         measure_every, batch_size, seed=1000)
+                 for name in builders}
+    arms = [Arm(name, build, train_kwargs={"batch_size": batch_size, "eval_every": eval_every,
+                                           "on_step": recorders[name],
+                                           "train_accuracy": False})
+            for name, build in builders.items()]
+    results = run(arms, split, steps, seeds, lr=dict(lrs))
+    return LandscapeComparison(results, {n: r.landscapes() for n, r in recorders.items()})
