@@ -1,14 +1,13 @@
-"""Experiment 6 and the CNN comparison: the gap measurement against a direct computation,
-seeded and reproducible runs, and BatchNorm2d training the small CNN faster on the digits."""
-import statistics
-
-import numpy as np
+"""Chapter 5's CNN comparison: the gap measurement against a direct computation, the
+matched-fit recorder against a hand-computed loss, the protocol arms seeded and
+reproducible, and BatchNorm2d learning faster on the digits at one short budget."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bnlib.experiments import load_digits_split, small_cnn, train
-from bnlib.experiments.generalization import measure_gap, mean_std, run_cnn_seeds, stack
+from bnlib.experiments.generalization import MatchedFit, cnn_arm, measure_gap, stack
+from bnlib.experiments.protocol import run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,7 +26,8 @@ def split():
 
 @pytest.fixture(scope="module")
 def short_runs(split):
-    return run_cnn_seeds(split, seeds=(0, 1), steps=100, eval_every=50)
+    return run([cnn_arm("none"), cnn_arm("batch")], split, steps=100, seeds=(0, 1),
+               lr=0.1)
 
 
 def test_measure_gap_equals_a_direct_eval_mode_computation(split):
@@ -44,57 +44,90 @@ def test_measure_gap_equals_a_direct_eval_mode_computation(split):
     acc_test = (logits_test.argmax(1) == split.y_test).double().mean().item()
     assert gap.train_accuracy == pytest.approx(acc_train, abs=1e-12)
     assert gap.test_accuracy == pytest.approx(acc_test, abs=1e-12)
-    assert gap.train_loss == pytest.approx(F.cross_entropy(logits_train, split.y_train).item(), rel=1e-6)
-    assert gap.test_loss == pytest.approx(F.cross_entropy(logits_test, split.y_test).item(), rel=1e-6)
+    assert gap.train_loss == pytest.approx(F.cross_entropy(logits_train, split.y_train).item(),
+                                           rel=1e-6)
+    assert gap.test_loss == pytest.approx(F.cross_entropy(logits_test, split.y_test).item(),
+                                          rel=1e-6)
     assert gap.accuracy_gap == pytest.approx(acc_train - acc_test, abs=1e-12)
     assert gap.loss_gap == pytest.approx(gap.test_loss - gap.train_loss, abs=1e-12)
 
 
-def test_runs_are_seeded_and_reproducible(split, short_runs):
-    assert sorted(short_runs) == ["batch", "none"]
-    a, b = short_runs["batch"]
-    assert (a.seed, b.seed) == (0, 1) and a.history.steps == [0, 50, 100]
-    assert a.history.test_accuracy != b.history.test_accuracy  # seeds differ
-    again = run_cnn_seeds(split, norms=("batch",), seeds=(0,), steps=100, eval_every=50)
-    assert again["batch"][0].history.test_accuracy == a.history.test_accuracy
-    assert again["batch"][0].gap == a.gap
-    # the final evaluation of the history and the gap are the same eval-mode numbers
-    assert a.gap.test_accuracy == a.history.test_accuracy[-1]
-    assert a.gap.train_accuracy == a.history.train_accuracy[-1]
+def test_matched_fit_records_the_first_check_below_the_threshold(split):
+    # Record the eval-mode training loss at every check by hand and compare.
+    losses = {}
+
+    def probe(step, model):
+        if step % 5 == 0:
+            model.eval()
+            with torch.no_grad():
+                losses[step] = F.cross_entropy(model(split.x_train), split.y_train).item()
+            model.train()
+
+    torch.manual_seed(0)
+    train(small_cnn("batch", channels=4), split, steps=60, lr=0.3, momentum=0.9,
+          on_step=probe, eval_every=60)
+    threshold = sorted(losses.values())[len(losses) // 2]  # reached half-way or so
+    expected = min(s for s, v in losses.items() if v <= threshold)
+    fit = MatchedFit(split, threshold=threshold, check_every=5, final_step=60)
+    for seed in (0, 0):  # the same run twice: one record per run, identical
+        torch.manual_seed(seed)
+        history = train(small_cnn("batch", channels=4), split, steps=60, lr=0.3,
+                        momentum=0.9, on_step=fit, eval_every=60)
+    first, second = fit.reached()
+    assert len(fit.final) == 2 and fit.final[0] == fit.final[1]
+    assert fit.final[0].test_accuracy == history.test_accuracy  # the same final model
+    assert fit.final[0].train_accuracy == history.train_accuracy[-1]
+    assert fit.final[0].train_loss == pytest.approx(losses[60], rel=1e-6)
+    assert first.step == expected == second.step
+    assert first.gap == second.gap
+    assert first.gap.train_loss == pytest.approx(losses[expected], rel=1e-6)
+    assert first.gap.train_loss <= threshold
 
 
-def test_batch_norm_cnn_learns_faster_than_the_plain_cnn(short_runs):
-    # Short budget, same seeds and learning rate: BN well above chance, and above the plain net.
-    for bn, plain in zip(short_runs["batch"], short_runs["none"]):
-        assert bn.history.test_accuracy[-1] > 0.6
-        assert bn.history.test_accuracy[-1] > plain.history.test_accuracy[-1] + 0.1
-        assert bn.history.test_accuracy[0] < 0.2  # chance level before training
+def test_matched_fit_reports_runs_that_never_reach_the_threshold(split):
+    fit = MatchedFit(split, threshold=1e-6, check_every=5)
+    torch.manual_seed(0)
+    train(small_cnn("none", channels=4), split, steps=10, on_step=fit, eval_every=10)
+    assert fit.records == [None]
+    with pytest.raises(ValueError, match="never reached a training loss"):
+        fit.reached()
+    with pytest.raises(ValueError, match="threshold > 0"):
+        MatchedFit(split, threshold=0.0)
+    with pytest.raises(RuntimeError, match="step 1"):
+        MatchedFit(split)(5, small_cnn(channels=4))
 
 
-def test_stack_shapes_and_checks(short_runs):
-    steps, values = stack(short_runs["batch"])
-    assert steps.tolist() == [0, 50, 100] and values.shape == (2, 3)
-    assert values[1].tolist() == short_runs["batch"][1].history.test_accuracy
-    assert stack(short_runs["none"], "train_accuracy")[1].shape == (2, 3)
+def test_arms_are_seeded_and_reproducible(split, short_runs):
+    a, b = short_runs.histories["batch"]
+    assert a.steps == [0, 25, 50, 75, 100]
+    assert a.val_accuracy != b.val_accuracy  # seeds differ
+    again = run([cnn_arm("batch")], split, steps=100, seeds=(0, 1), lr=0.1)
+    assert again.histories["batch"][0].val_accuracy == a.val_accuracy
+    assert again.histories["batch"][0].test_accuracy == a.test_accuracy
+    # Kaiming-normal initialization (fan-in) for the first convolution, not PyTorch's default
+    torch.manual_seed(0)
+    conv = cnn_arm("none").build()[0]
+    assert conv.weight.std().item() == pytest.approx((2 / 9) ** 0.5, rel=0.15)
+    torch.manual_seed(0)
+    default = cnn_arm("none", init="default").build()[0]
+    assert default.weight.std().item() < 0.25
+
+
+def test_both_cnns_learn_within_a_short_budget(short_runs):
+    # 100 steps at learning rate 0.1 from chance level: both well above chance.
+    for bn, plain in zip(short_runs.histories["batch"], short_runs.histories["none"]):
+        assert max(bn.val_accuracy[0], plain.val_accuracy[0]) < 0.2
+        assert bn.val_accuracy[-1] > 0.7
+        assert plain.val_accuracy[-1] > 0.5
+
+
+def test_stack_shapes_and_checks(split, short_runs):
+    steps, values = stack(short_runs.histories["batch"])
+    assert steps.tolist() == [0, 25, 50, 75, 100] and values.shape == (2, 5)
+    assert values[1].tolist() == short_runs.histories["batch"][1].val_accuracy
+    assert stack(short_runs.histories["none"], "train_accuracy")[1].shape == (2, 5)
     with pytest.raises(ValueError, match="metric"):
-        stack(short_runs["batch"], "test_loss")
-    other = run_cnn_seeds(load_digits_split(images=True), norms=("none",), seeds=(0,),
-                          steps=10, eval_every=5)["none"]
+        stack(short_runs.histories["batch"], "test_accuracy")
+    other = run([cnn_arm("none", eval_every=5)], split, steps=10, seeds=(0, 1), lr=0.1)
     with pytest.raises(ValueError, match="same steps"):
-        stack([short_runs["none"][0], *other])
-
-
-def test_run_cnn_seeds_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"expected 4D input \(got 2D input\)"):
-        run_cnn_seeds(load_digits_split(), steps=1)
-    with pytest.raises(ValueError, match="at least one seed"):
-        run_cnn_seeds(load_digits_split(images=True), seeds=(), steps=1)
-
-
-def test_mean_std_is_the_sample_standard_deviation():
-    values = [0.91, 0.95, 0.97, 0.88]
-    mean, std = mean_std(values)
-    assert mean == pytest.approx(statistics.fmean(values), abs=1e-15)
-    assert std == pytest.approx(statistics.stdev(values), abs=1e-15)
-    assert mean_std([0.5]) == (0.5, 0.0)
-    assert np.isfinite(mean_std(np.array([1.0, 2.0]))[1])
+        stack([short_runs.histories["none"][0], *other.histories["none"]])

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnlib.experiments.sequences import (KINDS, masked_batch_norm, normalize_tokens,
+from bnlib.experiments.sequences import (KINDS, check_masked_batch_norm, masked_batch_norm,
+                                         normalize_tokens,
                                          pad_sequences, padding_drift, random_sequences,
                                          sequence_drift)
 
@@ -132,3 +133,33 @@ def test_probe_needs_two_tokens(batch):
     seqs, others = batch
     with pytest.raises(ValueError, match="at least 2 tokens"):
         sequence_drift("layer", [seqs[0][:1], *seqs[1:]], others)
+
+
+def test_checker_passes_the_reference_and_fails_common_mistakes():
+    ok = check_masked_batch_norm(lambda x, mask, eps: masked_batch_norm(x, mask, eps=eps))
+    assert ok.passed and ok.value < 1e-12 and "equals" in ok.evidence
+
+    def with_padding(x, mask, eps):  # statistics over every position, padding included
+        return normalize_tokens("batch", x, mask, eps)
+
+    def unbiased(x, mask, eps):  # right positions, n - 1 in the variance
+        m = mask.unsqueeze(-1).to(x.dtype)
+        n = m.sum()
+        mean = (x * m).sum(dim=(0, 1)) / n
+        var = ((x - mean).square() * m).sum(dim=(0, 1)) / (n - 1)
+        return ((x - mean) / torch.sqrt(var + eps)) * m
+
+    def padding_not_zeroed(x, mask, eps):
+        out = masked_batch_norm(x, mask, eps=eps)
+        return out + (~mask).unsqueeze(-1).to(x.dtype)
+
+    for wrong in (with_padding, unbiased):
+        result = check_masked_batch_norm(wrong)
+        assert not result.passed and result.value > 1e-6 and "differs" in result.evidence
+    assert "not 0" in check_masked_batch_norm(padding_not_zeroed).evidence
+    assert "shape" in check_masked_batch_norm(lambda x, mask, eps: x[0]).evidence
+
+    def broken(x, mask, eps):
+        raise NotImplementedError("write me")
+
+    assert check_masked_batch_norm(broken).evidence.startswith("raised NotImplementedError")

@@ -1,20 +1,29 @@
-r"""Experiment 6 and the vision comparison of chapter 5: the small CNN on the 8x8 digits,
-trained with and without ``BatchNorm2d`` over several seeds for a fixed budget.
+r"""Chapter 5's vision comparison: the small CNN on the 8x8 digits with and without
+``BatchNorm2d``, under the protocol of :mod:`bnlib.experiments.protocol`, and the
+generalization gap measured at matched fit.
 
-Each seed sets both the weight initialization and the batch order; the train/test split is
-the same for every run, so the spread across seeds is the spread of training itself.
-The generalization gap is measured in evaluation mode (running statistics) at the end of
-the budget, as a gap in accuracy and as a gap in cross-entropy:
+Each arm is the same CNN (Kaiming initialization for its ReLU blocks, standardized inputs)
+with or without BN; :func:`cnn_arm` builds it. The learning rate of each arm is chosen on
+validation by :func:`~bnlib.experiments.protocol.choose_lr`, and
+:func:`~bnlib.experiments.protocol.run` trains the seeds.
+
+The gap between fitting and generalizing is measured in evaluation mode (running
+statistics), as a gap in accuracy and as a gap in cross-entropy:
 
 .. math::
 
     \text{gap}_{\text{acc}} = \text{acc}_{\text{train}} - \text{acc}_{\text{test}},
     \qquad
     \text{gap}_{\text{loss}} = L_{\text{test}} - L_{\text{train}}.
+
+A gap compared between two networks means little unless both fit their training set
+equally well. :class:`MatchedFit` records the gap of each run at the first check where its
+training cross-entropy (evaluation mode, whole training set) is at most a threshold, so
+both arms are compared at the same training loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,9 +33,10 @@ from torch import Tensor, nn
 
 from .data import Split
 from .models import small_cnn
-from .train import History, accuracy, train
+from .protocol import Arm
+from .train import History, accuracy
 
-__all__ = ["Gap", "SeedRun", "measure_gap", "run_cnn_seeds", "stack", "mean_std"]
+__all__ = ["FitRecord", "Gap", "MatchedFit", "cnn_arm", "measure_gap", "stack"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +44,10 @@ class Gap:
     """Train and test accuracy and cross-entropy of a trained model, in evaluation mode.
 
     Attributes:
-        train_accuracy, test_accuracy: in [0, 1].
-        train_loss, test_loss: mean cross-entropy in nats.
+        train_accuracy: accuracy on the training set, in [0, 1].
+        test_accuracy: accuracy on the test set, in [0, 1].
+        train_loss: mean cross-entropy on the training set, in nats.
+        test_loss: mean cross-entropy on the test set, in nats.
     """
 
     train_accuracy: float
@@ -55,18 +67,10 @@ class Gap:
         return self.test_loss - self.train_loss
 
 
-@dataclass(frozen=True)
-class SeedRun:
-    """One training run: its norm, seed, the history of evaluations and the final gap."""
-
-    norm: str
-    seed: int
-    history: History
-    gap: Gap
-
-
 @torch.no_grad()
-def _mean_cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def mean_cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Mean cross-entropy (nats) of ``model`` on ``(x, y)`` in evaluation mode (the
+    model's mode is restored after)."""
     was_training = model.training
     model.eval()
     loss = F.cross_entropy(model(x), y).item()
@@ -76,7 +80,8 @@ def _mean_cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def measure_gap(model: nn.Module, split: Split) -> Gap:
     """Accuracy and cross-entropy on the training and the test set, in evaluation mode
-    (the model's mode is restored after).
+    (the model's mode is restored after). This touches the test set: call it once per
+    reported number.
 
     Example:
         >>> from bnlib.experiments import load_digits_split
@@ -87,86 +92,134 @@ def measure_gap(model: nn.Module, split: Split) -> Gap:
     """
     return Gap(train_accuracy=accuracy(model, split.x_train, split.y_train),
                test_accuracy=accuracy(model, split.x_test, split.y_test),
-               train_loss=_mean_cross_entropy(model, split.x_train, split.y_train),
-               test_loss=_mean_cross_entropy(model, split.x_test, split.y_test))
+               train_loss=mean_cross_entropy(model, split.x_train, split.y_train),
+               test_loss=mean_cross_entropy(model, split.x_test, split.y_test))
 
 
-def run_cnn_seeds(split: Split, norms: Sequence[str] = ("none", "batch"),
-                  seeds: Sequence[int] = (0, 1, 2), steps: int = 300, channels: int = 8,
-                  lr: float = 0.1, momentum: float = 0.9, batch_size: int = 60,
-                  eval_every: int = 25) -> dict[str, list[SeedRun]]:
-    """Train :func:`~bnlib.experiments.small_cnn` once per norm and seed for ``steps`` SGD
-    updates, recording test accuracy against steps and the final generalization gap.
+@dataclass(frozen=True)
+class FitRecord:
+    """One run's gap at matched fit.
 
-    Every norm gets the same hyperparameters, the same seeds (``torch.manual_seed(seed)``
-    before building the model, ``seed`` for the batch order) and the same budget.
+    Attributes:
+        step: the first checked step at which the training loss was at most the threshold.
+        gap: the :class:`Gap` measured at that step.
+    """
+
+    step: int
+    gap: Gap
+
+
+@dataclass
+class MatchedFit:
+    """An ``on_step`` callback for :func:`~bnlib.experiments.train.train` that records each
+    run's :class:`Gap` when its training loss first reaches ``threshold``.
+
+    Every ``check_every`` steps it computes the evaluation-mode cross-entropy on the whole
+    training set; at the first check where it is at most ``threshold`` it measures the gap
+    (:func:`measure_gap`, the run's one look at the test set for this question). A run
+    starts when the callback sees step 1, so one callback serves every seed of an arm, in
+    order; ``records[i]`` is ``None`` while (or if) run ``i`` never reached the threshold.
+
+    With ``final_step`` set, it also measures each run's gap at that step (the end of
+    the budget) into ``final``; the test accuracy there is the one
+    :func:`~bnlib.experiments.train.train` reports, computed on the same model.
 
     Args:
-        split: image data, ``load_digits_split(images=True)``.
-        norms: names understood by :func:`~bnlib.experiments.make_norm`.
-            Default: ``("none", "batch")``.
-        seeds: one run per seed. Default: ``(0, 1, 2)``.
-        steps: SGD updates per run (the fixed budget). Default: ``300``.
-        channels: width ``C`` of the CNN. Default: ``8``.
-        lr: learning rate. Default: ``0.1``.
-        momentum: SGD momentum. Default: ``0.9``.
-        batch_size: samples per update. Default: ``60``.
-        eval_every: steps between evaluations. Default: ``25``.
-
-    Returns:
-        ``{norm: [SeedRun per seed]}``.
-
-    Shape:
-        ``split.x_train``: ``(N, 1, 8, 8)``.
+        split: the data (training set for the loss, test set for the gap).
+        threshold: training cross-entropy in nats. Default: ``0.05``.
+        check_every: steps between checks (the resolution of the matched step).
+            Default: ``10``.
+        final_step: the step at which to measure the end-of-budget gap, or ``None``.
+            Default: ``None``.
 
     Example:
-        >>> from bnlib.experiments import load_digits_split
-        >>> runs = run_cnn_seeds(load_digits_split(images=True), seeds=(0,), steps=20,
-        ...                      eval_every=10)
-        >>> sorted(runs), runs["batch"][0].history.steps
-        (['batch', 'none'], [0, 10, 20])
+        >>> from bnlib.experiments import load_digits_split, train
+        >>> split = load_digits_split(images=True)
+        >>> fit = MatchedFit(split, threshold=10.0, check_every=5)
+        >>> _ = torch.manual_seed(0)
+        >>> _ = train(small_cnn(channels=4), split, steps=10, on_step=fit, eval_every=10)
+        >>> fit.records[0].step
+        5
     """
-    if split.x_train.dim() != 4:
-        raise ValueError(f"expected 4D input (got {split.x_train.dim()}D input): "
-                         "load the data with load_digits_split(images=True)")
-    if len(seeds) == 0:
-        raise ValueError("expected at least one seed (got none)")
-    runs: dict[str, list[SeedRun]] = {}
-    for norm in norms:
-        runs[norm] = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = small_cnn(norm, channels=channels)
-            history = train(model, split, steps=steps, batch_size=batch_size, lr=lr,
-                            seed=seed, momentum=momentum, eval_every=eval_every)
-            runs[norm].append(SeedRun(norm, seed, history, measure_gap(model, split)))
-    return runs
+
+    split: Split
+    threshold: float = 0.05
+    check_every: int = 10
+    final_step: int | None = None
+    records: list[FitRecord | None] = field(default_factory=list)
+    final: list[Gap] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"expected a threshold > 0 nats (got {self.threshold})")
+        if self.check_every < 1:
+            raise ValueError(f"expected check_every >= 1 (got {self.check_every})")
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step == 1:
+            self.records.append(None)
+        if not self.records:
+            raise RuntimeError("MatchedFit saw a run that did not start at step 1")
+        if step == self.final_step:
+            self.final.append(measure_gap(model, self.split))
+        if self.records[-1] is not None or step % self.check_every:
+            return
+        loss = mean_cross_entropy(model, self.split.x_train, self.split.y_train)
+        if loss <= self.threshold:
+            self.records[-1] = FitRecord(step, measure_gap(model, self.split))
+
+    def reached(self) -> list[FitRecord]:
+        """The records of every run; raises if some run never reached the threshold."""
+        missing = [i for i, r in enumerate(self.records) if r is None]
+        if missing or not self.records:
+            raise ValueError(f"runs {missing} never reached a training loss of "
+                             f"{self.threshold} nats: train longer or raise the threshold")
+        return list(self.records)  # type: ignore[arg-type]
 
 
-def stack(runs: Sequence[SeedRun], metric: str = "test_accuracy") -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation steps and one :class:`~bnlib.experiments.History` metric of every run,
+def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int = 25,
+            init: str = "auto", name: str | None = None, **train_kwargs) -> Arm:
+    """The small CNN (:func:`~bnlib.experiments.small_cnn`) as a protocol
+    :class:`~bnlib.experiments.protocol.Arm`, trained with SGD and momentum.
+
+    Args:
+        norm: ``"none"`` or ``"batch"`` (any name of :func:`~bnlib.experiments.make_norm`).
+        channels: width ``C`` of the CNN. Default: ``8``.
+        momentum: SGD momentum. Default: ``0.9``.
+        eval_every: steps between evaluations. Default: ``25``.
+        init: ``"auto"`` (Kaiming normal for the ReLU blocks) or ``"default"``
+            (PyTorch's). Default: ``"auto"``.
+        name: the arm's name. Default: ``norm``.
+        **train_kwargs: more arguments for :func:`~bnlib.experiments.train.train`
+            (``on_step``, ``train_accuracy``, ...).
+
+    Example:
+        >>> cnn_arm("batch").name, cnn_arm("none", name="plain").name
+        ('batch', 'plain')
+    """
+    return Arm(name or norm, lambda: small_cnn(norm, channels=channels, init=init),
+               train_kwargs={"momentum": momentum, "eval_every": eval_every, **train_kwargs})
+
+
+def stack(histories: Sequence[History], metric: str = "val_accuracy"
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation steps and one :class:`~bnlib.experiments.History` curve of every run,
     stacked for plotting mean and spread.
 
     Args:
-        runs: runs of the same length (same ``steps`` and ``eval_every``).
-        metric: ``"test_accuracy"``, ``"train_accuracy"`` or ``"train_loss"``.
-            Default: ``"test_accuracy"``.
+        histories: runs of the same length (same ``steps`` and ``eval_every``).
+        metric: ``"val_accuracy"``, ``"train_accuracy"`` or ``"train_loss"``.
+            Default: ``"val_accuracy"``.
 
     Returns:
         ``steps`` of shape ``(E,)`` and values of shape ``(S, E)`` for ``S`` runs.
     """
-    if metric not in ("test_accuracy", "train_accuracy", "train_loss"):
-        raise ValueError(f"expected metric 'test_accuracy', 'train_accuracy' or 'train_loss' "
+    if metric not in ("val_accuracy", "train_accuracy", "train_loss"):
+        raise ValueError(f"expected metric 'val_accuracy', 'train_accuracy' or 'train_loss' "
                          f"(got {metric!r})")
-    steps = runs[0].history.steps
-    if any(r.history.steps != steps for r in runs):
+    steps = histories[0].steps
+    if any(h.steps != steps for h in histories):
         raise ValueError("expected runs evaluated at the same steps (got different steps); "
                          "did some run diverge?")
-    values = np.array([getattr(r.history, metric) for r in runs])  # (S, E)
+    values = np.array([getattr(h, metric) for h in histories])  # (S, E)
     return np.array(steps), values
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof=1``; 0 for one value) across seeds."""
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0

@@ -28,9 +28,11 @@ import torch
 from torch import Tensor, nn
 
 import bnlib.torch as bt
+from bnlib.audit import CheckResult
 
-__all__ = ["KINDS", "Drift", "masked_batch_norm", "normalize_tokens", "pad_sequences",
-           "padding_drift", "random_sequences", "sequence_drift"]
+__all__ = ["KINDS", "Drift", "check_masked_batch_norm", "masked_batch_norm",
+           "normalize_tokens", "pad_sequences", "padding_drift", "random_sequences",
+           "sequence_drift"]
 
 #: The normalizations compared, in order BN over (batch, time), BN over the real tokens
 #: only, LayerNorm and RMSNorm over each token's features.
@@ -258,3 +260,52 @@ def padding_drift(kind: str, sequences: Sequence[Tensor], extra_padding: Sequenc
     longest = max(len(s) for s in sequences)
     return np.array([float((_probe_output(kind, sequences, longest + p) - base).abs().max())
                      for p in extra_padding])
+
+
+def check_masked_batch_norm(fn, tol: float = 1e-10) -> CheckResult:
+    """Grade a reader's masked batch norm ``fn(x, mask, eps)`` (chapter 5's exercise).
+
+    The reference is ``torch.nn.functional.batch_norm`` applied to the real tokens only
+    (``x[mask]``, training mode, no affine); the padding positions of the output must be
+    exactly 0, and the output must not depend on what the padding holds. Inputs are seeded
+    float64 batches of uneven lengths.
+
+    Args:
+        fn: ``fn(x, mask, eps) -> Tensor``; ``x`` ``(B, T, D)``, ``mask`` ``(B, T)`` bool.
+        tol: largest allowed absolute difference from the reference. Default: ``1e-10``.
+
+    Returns:
+        A :class:`~bnlib.audit.CheckResult` whose ``value`` is the largest difference.
+
+    Example:
+        >>> check_masked_batch_norm(lambda x, mask, eps: masked_batch_norm(x, mask, eps=eps)).passed
+        True
+    """
+    g = torch.Generator().manual_seed(123)
+    worst, padding_zero = 0.0, True
+    for lengths in ([5, 2, 7], [1, 4, 4, 3], [6]):
+        x, mask = pad_sequences(random_sequences(g, lengths, d_model=5, offset=2.0))
+        garbage = x.masked_fill(~mask.unsqueeze(-1), 7.0)  # padding that is not zero
+        try:
+            out = fn(garbage, mask, 1e-5)
+        except Exception as exc:  # the reader's code: report, do not crash the checker
+            return CheckResult("masked_batch_norm", False,
+                               f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            return CheckResult("masked_batch_norm", False,
+                               f"expected an output of shape {tuple(x.shape)} (got {got})")
+        ref = torch.nn.functional.batch_norm(x[mask], None, None, training=True, eps=1e-5)
+        worst = max(worst, float((out[mask] - ref).abs().max()))
+        padding_zero = padding_zero and not torch.count_nonzero(out[~mask])
+    if worst > tol:
+        return CheckResult("masked_batch_norm", False,
+                           f"differs from F.batch_norm on the real tokens by up to "
+                           f"{worst:.1e}", worst)
+    if not padding_zero:
+        return CheckResult("masked_batch_norm", False,
+                           "real tokens right, but padding positions of the output are not 0",
+                           worst)
+    return CheckResult("masked_batch_norm", True,
+                       f"equals F.batch_norm on the real tokens (largest difference below "
+                       f"{tol:.0e}); padding positions are 0", worst)
