@@ -10,11 +10,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bnlib.experiments import batches, load_digits_split, mlp  # noqa: E402
-from bnlib.experiments.ioffe import (pooled_percentiles, run_ioffe, run_ioffe_seeds,  # noqa: E402
-                                     steps_to_target)
+from bnlib.experiments import Arm, ResolutionError, run  # noqa: E402
+from bnlib.experiments.ioffe import (SigmoidInputRecorder, pooled_percentiles,  # noqa: E402
+                                     run_ioffe, run_ioffe_seeds, steps_to_target)
 from bnlib.plotting import plot_percentiles  # noqa: E402
 
-SPLIT = load_digits_split()
+SPLIT = load_digits_split(scale="unit")  # the paper's setup: raw-pixel scale
 
 
 def test_pooled_percentiles_equal_numpy_over_each_window_and_are_ordered():
@@ -38,7 +39,7 @@ def test_hook_records_the_last_sigmoid_input_of_each_training_step(norm, feeder)
     assert run.history.steps == [0, 20, 40]
     # Reference: rebuild the same initial model and first batch, run up to the last sigmoid.
     torch.manual_seed(0)
-    model = mlp(norm=norm)
+    model = mlp(norm=norm, init="default")
     assert isinstance(model[feeder], torch.nn.Sigmoid)
     x, _ = next(batches(SPLIT.x_train, SPLIT.y_train, 60, torch.Generator().manual_seed(0)))
     with torch.no_grad():
@@ -64,13 +65,27 @@ def test_runs_are_seeded():
 
 
 def test_bn_reaches_the_target_in_fewer_steps_at_the_same_learning_rate():
-    runs = run_ioffe_seeds(seeds=(0,), steps=200, lr=3.0, eval_every=25, split=SPLIT)
+    runs = run_ioffe_seeds(seeds=(0,), steps=200, lr=3.0, eval_every=1, split=SPLIT)
     (bn_steps,) = steps_to_target(runs["batch"], 0.8)
     (plain_steps,) = steps_to_target(runs["none"], 0.8)
     assert bn_steps is not None and bn_steps <= 100
-    assert plain_steps is None  # still near chance after 200 steps
-    assert runs["none"][0].history.test_accuracy[-1] < 0.5
+    assert plain_steps is None  # still near chance after 200 steps (default init)
+    assert runs["none"][0].history.test_accuracy < 0.5
     assert steps_to_target(runs["batch"], 1.01) == [None]
+    coarse = run_ioffe_seeds(norms=("batch",), seeds=(0,), steps=100, lr=3.0, eval_every=50,
+                             split=SPLIT)
+    with pytest.raises(ResolutionError):
+        steps_to_target(coarse["batch"], 0.8)
+
+
+def test_recorder_arm_records_what_run_ioffe_records():
+    rec = SigmoidInputRecorder("none", "default", unit=3)
+    arm = Arm("plain", rec, train_kwargs={"eval_every": 10})
+    r = run([arm], SPLIT, steps=20, seeds=(0, 1), lr=0.5)
+    for i, seed in enumerate((0, 1)):
+        ref = run_ioffe("none", seed=seed, steps=20, lr=0.5, eval_every=10, unit=3, split=SPLIT)
+        np.testing.assert_array_equal(rec.values(i), ref.sigmoid_input)
+        assert r.histories["plain"][i].val_accuracy == ref.history.val_accuracy
 
 
 def test_unit_out_of_range_is_rejected():

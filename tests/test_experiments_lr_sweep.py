@@ -51,12 +51,13 @@ def test_short_sweep_cells_equal_independent_runs_and_flag_divergence():
     # Reference: the same cell trained directly.
     torch.manual_seed(1)
     h = train(mlp(norm="batch"), SPLIT, steps=60, lr=0.3, seed=1, eval_every=20)
-    assert result.final_test_accuracy["batch"][0, 1] == h.test_accuracy[-1]
+    assert result.final_test_accuracy["batch"][0, 1] == h.test_accuracy
     assert result.final_train_loss["batch"][0, 1] == h.train_loss[-1]
     assert result.diverged["none"][1].all() and result.diverged["batch"][1].all()
     assert not result.diverged["batch"][0].any() and not result.diverged["none"][0].any()
     assert (result.final_test_accuracy["batch"][0] > 0.8).all()
-    assert (result.final_test_accuracy["none"][0] < 0.3).all()  # stuck near chance at lr 0.3
+    # with the sigmoid initialization (Xavier, gain 4) the plain network learns at lr 0.3 too
+    assert (result.final_test_accuracy["none"][0] > 0.6).all()
     with pytest.raises(ValueError, match="positive"):
         lr_sweep([0.0, 1.0], steps=1, split=SPLIT)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split, load_digits_split
+from .init import init_for_activation
 from .models import ACTIVATIONS, make_norm, mlp
 from .train import train
 
@@ -149,7 +150,8 @@ def residual_mlp(in_features: int = 64, hidden: int = 100, depth: int = 10,
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"expected activation in {sorted(ACTIVATIONS)} (got {activation!r})")
-    first = mlp(in_features, hidden, depth=1, activation=activation, norm=norm)[:-1]
+    first = mlp(in_features, hidden, depth=1, activation=activation, norm=norm,
+                init="default")[:-1]
     blocks = [ResidualBlock(hidden, activation, norm) for _ in range(depth - 1)]
     return nn.Sequential(*first, *blocks, nn.Linear(hidden, num_classes))
 
@@ -211,7 +213,8 @@ def layer_stats(model: nn.Sequential, x: Tensor, y: Tensor) -> LayerStats:
     Example:
         >>> _ = torch.manual_seed(0)
         >>> split = load_digits_split()
-        >>> stats = layer_stats(mlp(depth=10), split.x_train[:500], split.y_train[:500])
+        >>> net = mlp(depth=10, init="default")
+        >>> stats = layer_stats(net, split.x_train[:500], split.y_train[:500])
         >>> stats.depth, stats.gradient_ratio < 1e-6
         (10, True)
     """
@@ -254,7 +257,8 @@ def layer_stats(model: nn.Sequential, x: Tensor, y: Tensor) -> LayerStats:
 def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10,
                 width: int = 100, init_gain: float | None = None, steps: int = 0,
                 lr: float = 0.1, seed: int = 0, num_samples: int = 500,
-                split: Split | None = None, residual: bool = False) -> LayerStats:
+                split: Split | None = None, residual: bool = False,
+                init: str = "default") -> LayerStats:
     """Build a seeded deep MLP, optionally train it a few steps, and measure its layers.
 
     Args:
@@ -263,8 +267,7 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
             knows). Default: ``"none"``.
         depth: number of hidden layers. Default: ``10``.
         width: units per hidden layer. Default: ``100``.
-        init_gain: ``None`` keeps PyTorch's default Linear initialization
-            (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, i.e. gain ``1/sqrt(3)``); a number
+        init_gain: ``None`` keeps the initialization ``init`` names; a number
             re-initializes with :func:`init_normal_`. Default: ``None``.
         steps: SGD steps (batch 60) before measuring; ``0`` measures at initialization.
             Default: ``0``.
@@ -275,6 +278,10 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
         split: the data; ``None`` loads :func:`~bnlib.experiments.load_digits_split` (unit scale).
         residual: build :func:`residual_mlp` (identity shortcuts) instead of
             :func:`~bnlib.experiments.mlp`. Default: ``False``.
+        init: ``"default"`` keeps PyTorch's default Linear initialization
+            (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, i.e. gain ``1/sqrt(3)``); ``"auto"``
+            applies :func:`~bnlib.experiments.init.init_for_activation` (Xavier normal with
+            gain 4 for sigmoid, 5/3 for tanh, Kaiming normal for ReLU). Default: ``"default"``.
 
     Example:
         >>> stats = depth_stats(norm="batch")
@@ -283,9 +290,13 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
     """
     split = load_digits_split() if split is None else split
     torch.manual_seed(seed)
-    build = residual_mlp if residual else mlp
-    model = build(in_features=split.num_features, hidden=width, depth=depth,
+    kwargs = dict(in_features=split.num_features, hidden=width, depth=depth,
                   activation=activation, norm=norm)
+    model = residual_mlp(**kwargs) if residual else mlp(**kwargs, init="default")
+    if init == "auto":
+        init_for_activation(model, activation)
+    elif init != "default":
+        raise ValueError(f"expected init 'default' or 'auto' (got {init!r})")
     if init_gain is not None:
         init_normal_(model, init_gain)
     if steps > 0:

@@ -25,7 +25,7 @@ from .data import Split, load_digits_split
 from .models import mlp
 from .train import History, train
 
-__all__ = ["SweepResult", "is_diverged", "lr_sweep", "stable_range"]
+__all__ = ["SweepResult", "is_diverged", "lr_sweep", "stable_range", "sweep_from_choice"]
 
 
 def is_diverged(history: History, num_classes: int = 10, tolerance: float = 0.1) -> bool:
@@ -151,3 +151,30 @@ def lr_sweep(lrs: Sequence[float], norms: Sequence[str] = ("none", "batch"),
                 loss[norm][i, j] = h.train_loss[-1] if not h.diverged else float("inf")
                 div[norm][i, j] = is_diverged(h)
     return SweepResult(grid, tuple(seeds), steps, acc, loss, div)
+
+
+def sweep_from_choice(choice, target: float) -> dict[str, np.ndarray]:
+    """The learning-rate sweep that :func:`~bnlib.experiments.protocol.choose_lr` already ran,
+    read on validation (test untouched): no extra training.
+
+    Args:
+        choice: an :class:`~bnlib.experiments.protocol.LrChoice`.
+        target: validation accuracy a usable learning rate must reach on average.
+
+    Returns:
+        ``{"lrs": (L,), "accuracy": (L, S) final validation accuracy (0 when diverged),
+        "diverged": (L, S) from :func:`is_diverged`, "usable": (L,) no seed diverged and
+        mean accuracy >= target}``.
+
+    Example:
+        >>> from bnlib.experiments import LR_GRID, Arm, choose_lr, load_digits_split, mlp
+        >>> arm = Arm("bn", lambda: mlp(norm="batch", depth=1), train_kwargs={"eval_every": 10})
+        >>> table = sweep_from_choice(choose_lr(arm, load_digits_split(), 20, (0, 1)), 0.5)
+        >>> table["accuracy"].shape
+        (9, 2)
+    """
+    lrs = np.array(choice.grid)
+    acc = np.array([[h.final_val_accuracy for h in choice.histories[lr]] for lr in choice.grid])
+    div = np.array([[is_diverged(h) for h in choice.histories[lr]] for lr in choice.grid])
+    usable = ~div.any(axis=1) & (acc.mean(axis=1) >= target)
+    return {"lrs": lrs, "accuracy": acc, "diverged": div, "usable": usable}
