@@ -410,3 +410,13 @@ def test_offline_search(context, base_url, query, expect_results):
         assert all(r.startswith(base_url) for r in results)
     else:
         assert not results, f"search for nonsense {query!r} found {results}"
+
+
+def test_every_bibliography_entry_links_out(html_dir):
+    """Each entry of the bibliography page links to the work (arXiv, DOI or web address)."""
+    text = (html_dir / "bibliography.html").read_text(encoding="utf-8")
+    entries = re.findall(r'<div class="citation"[^>]*>(.*?)</div>', text, re.S)
+    assert len(entries) >= 10, f"only {len(entries)} bibliography entries found"
+    unlinked = [re.sub(r"<[^>]+>", "", entry).strip()[:70] for entry in entries
+                if not re.search(r'<a class="[^"]*reference external" href="https?://', entry)]
+    assert not unlinked, f"{len(unlinked)} entries without a link:\n  " + "\n  ".join(unlinked)
