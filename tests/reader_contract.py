@@ -47,9 +47,7 @@ NOT_YET_COMPLIANT = {
     ("04_best_practice_code", "hidden-glue"), ("04_best_practice_code", "line-length"),
     ("04_best_practice_code", "install-cell"), ("04_best_practice_code", "code-width"),
     ("04_best_practice_code", "figures"), ("04_best_practice_code", "phone-width"),
-    ("05_applications", "hidden-glue"), ("05_applications", "line-length"),
     ("05_applications", "install-cell"), ("05_applications", "code-width"),
-    ("05_applications", "figures"),
     ("06_tools_and_resources", "install-cell"), ("06_tools_and_resources", "code-width"),
     # The API reference (autodoc): long signatures and docstring examples; display
     # equations wider than a phone.
