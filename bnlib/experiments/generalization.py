@@ -1,11 +1,11 @@
 r"""Chapter 5's vision comparison: the small CNN on the 8x8 digits with and without
-``BatchNorm2d``, under the protocol of :mod:`bnlib.experiments.protocol`, and the
+``BatchNorm2d``, under the protocol of ``bnlib.experiments.protocol``, and the
 generalization gap measured at matched fit.
 
 Each arm is the same CNN (Kaiming initialization for its ReLU blocks, standardized inputs)
 with or without BN; :func:`cnn_arm` builds it. The learning rate of each arm is chosen on
-validation by :func:`~bnlib.experiments.protocol.choose_lr`, and
-:func:`~bnlib.experiments.protocol.run` trains the seeds.
+validation by ``bnlib.experiments.protocol.choose_lr``, and
+``bnlib.experiments.protocol.run`` trains the seeds.
 
 The gap between fitting and generalizing is measured in evaluation mode (running
 statistics), as a gap in accuracy and as a gap in cross-entropy:
@@ -111,7 +111,7 @@ class FitRecord:
 
 @dataclass
 class MatchedFit:
-    """An ``on_step`` callback for :func:`~bnlib.experiments.train.train` that records each
+    """An ``on_step`` callback for :func:`~bnlib.experiments.train` that records each
     run's :class:`Gap` when its training loss first reaches ``threshold``.
 
     Every ``check_every`` steps it computes the evaluation-mode cross-entropy on the whole
@@ -122,7 +122,7 @@ class MatchedFit:
 
     With ``final_step`` set, it also measures each run's gap at that step (the end of
     the budget) into ``final``; the test accuracy there is the one
-    :func:`~bnlib.experiments.train.train` reports, computed on the same model.
+    :func:`~bnlib.experiments.train` reports, computed on the same model.
 
     Args:
         split: the data (training set for the loss, test set for the gap).
@@ -180,7 +180,7 @@ class MatchedFit:
 def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int = 25,
             init: str = "auto", name: str | None = None, **train_kwargs) -> Arm:
     """The small CNN (:func:`~bnlib.experiments.small_cnn`) as a protocol
-    :class:`~bnlib.experiments.protocol.Arm`, trained with SGD and momentum.
+    ``bnlib.experiments.protocol.Arm``, trained with SGD and momentum.
 
     Args:
         norm: ``"none"`` or ``"batch"`` (any name of :func:`~bnlib.experiments.make_norm`).
@@ -190,7 +190,7 @@ def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int
         init: ``"auto"`` (Kaiming normal for the ReLU blocks) or ``"default"``
             (PyTorch's). Default: ``"auto"``.
         name: the arm's name. Default: ``norm``.
-        **train_kwargs: more arguments for :func:`~bnlib.experiments.train.train`
+        **train_kwargs: more arguments for :func:`~bnlib.experiments.train`
             (``on_step``, ``train_accuracy``, ...).
 
     Example:
