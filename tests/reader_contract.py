@@ -31,24 +31,23 @@ MAX_LINE = 79
 HIDDEN_TAGS = {"remove-input", "remove-cell", "hide-input", "hide-cell"}
 CHECKS = ("hidden-glue", "line-length", "install-cell", "code-width", "phone-width", "figures")
 
-# (chapter, check) pairs that do not pass yet, measured on main at 20:55 UTC (notebook
-# checks) and on a build of 20:33 UTC (browser checks). Remove a pair when its chapter passes;
-# `python tests/reader_contract.py` lists the notebook-level pairs that pass already.
+# (chapter, check) pairs that do not pass yet, measured on main at 21:15 UTC (211ba1b: the
+# notebook checks; a build of 185cf78 with chapters 5 and 6 of 211ba1b: the browser checks).
+# Remove a pair in the commit that makes its chapter pass; `python tests/reader_contract.py`
+# lists the notebook-level pairs that pass already.
 NOT_YET_COMPLIANT = {
     ("01_background", "hidden-glue"), ("01_background", "line-length"),
     ("01_background", "install-cell"), ("01_background", "code-width"),
     ("01_background", "figures"),
     ("02_core_concepts", "install-cell"), ("02_core_concepts", "code-width"),
-    ("02_core_concepts", "figures"),
     ("03_algorithm_and_math", "hidden-glue"), ("03_algorithm_and_math", "line-length"),
     ("03_algorithm_and_math", "install-cell"), ("03_algorithm_and_math", "code-width"),
     ("03_algorithm_and_math", "figures"),
-    # Chapter 4 also overflows a phone screen.
     ("04_best_practice_code", "hidden-glue"), ("04_best_practice_code", "line-length"),
     ("04_best_practice_code", "install-cell"), ("04_best_practice_code", "code-width"),
-    ("04_best_practice_code", "figures"), ("04_best_practice_code", "phone-width"),
+    ("04_best_practice_code", "figures"),
     ("05_applications", "install-cell"), ("05_applications", "code-width"),
-    ("06_tools_and_resources", "install-cell"), ("06_tools_and_resources", "code-width"),
+    ("06_tools_and_resources", "install-cell"),
     # The API reference (autodoc): long signatures and docstring examples; display
     # equations wider than a phone.
     ("06b_api_reference", "code-width"), ("06b_api_reference", "phone-width"),
