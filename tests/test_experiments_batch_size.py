@@ -111,3 +111,15 @@ def test_sweep_rejects_unknown_names():
         batch_size_sweep(split, norms=("batch", "weight"))
     with pytest.raises(ValueError, match="activation"):
         batch_size_sweep(split, activation="swish")
+
+
+def test_report_seeds_reuse_the_choice_runs_and_add_seeds_at_the_chosen_rate():
+    split = load_digits_split()
+    kwargs = dict(norms=("batch",), batch_sizes=(16,), epochs=0.2, activation="relu",
+                  depth=1)
+    chosen = batch_size_sweep(split, seeds=(0, 1), **kwargs)
+    wider = batch_size_sweep(split, seeds=(0, 1), report_seeds=(0, 1, 2), **kwargs)
+    assert wider.seeds == (0, 1, 2) and wider.lr("batch", 16) == chosen.lr("batch", 16)
+    assert wider.results[16].choices["batch"].grid == chosen.results[16].choices["batch"].grid
+    assert wider.error("batch", 16).values[:2] == chosen.error("batch", 16).values
+    assert wider.error("batch", 16).n == 3 and len(wider.models("batch", 16)) == 3

@@ -32,6 +32,7 @@ import bnlib.torch as bt
 from .data import Split
 from .models import mlp
 from .lr_search import CachedArm, run_widening
+from .precision import cast_like
 from .protocol import Arm, Results, ratio_interval, run
 from .train import History, train
 
@@ -182,7 +183,8 @@ class NoisyBNResult:
 def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int = 300,
                      batch_size: int = 60, scale_noise: float = 0.5, shift_noise: float = 0.5,
                      eval_every: int = 25, start: float = 0.3,
-                     metric: str = "mean_val_accuracy", **mlp_kwargs) -> NoisyBNResult:
+                     metric: str = "mean_val_accuracy",
+                     report_seeds: Sequence[int] | None = None, **mlp_kwargs) -> NoisyBNResult:
     """Train a plain MLP, the same MLP with BN, and with noisy BN, each at its own rate.
 
     Each arm's learning rate is chosen on validation by
@@ -191,7 +193,9 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
     validation accuracy over the run's evaluations, which rewards fast training as well as
     the final accuracy. Seed ``s`` initializes the three networks identically (for its
     activation, :func:`bnlib.experiments.mlp`) and orders the batches the same way; the
-    noisy layers then draw from the global generator. The percentiles are recorded by
+    noisy layers then draw from the global generator. Models are built in the dtype of the
+    split's inputs (float64 with :func:`~bnlib.experiments.precision.double_split`, so that
+    the runs reproduce on other CPUs). The percentiles are recorded by
     running seed ``seeds[0]`` again at the chosen rate (the same run, deterministic).
 
     Args:
@@ -202,6 +206,9 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
         scale_noise, shift_noise: as :class:`NoisyBatchNorm1d`. Defaults: ``0.5``, ``0.5``.
         start: centre of the first learning-rate slice. Default: ``0.3``.
         metric: the validation metric of the choice. Default: ``"mean_val_accuracy"``.
+        report_seeds: the seeds whose runs at the chosen rates are reported (a superset of
+            ``seeds``, see :func:`bnlib.experiments.batch_size.batch_size_sweep`). Default:
+            ``None`` (= ``seeds``).
         **mlp_kwargs: passed to :func:`bnlib.experiments.mlp` (``depth``, ``activation``, ...).
 
     Returns:
@@ -211,8 +218,13 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
                 "batch": lambda: mlp(norm="batch", **mlp_kwargs),
                 "noisy": lambda: noisy_mlp(scale_noise, shift_noise, **mlp_kwargs)}
     kwargs = {"batch_size": batch_size, "eval_every": eval_every, "train_accuracy": False}
+    builders = {name: cast_like(build, split) for name, build in builders.items()}
     arms = [CachedArm(name, build, train_kwargs=kwargs) for name, build in builders.items()]
     results = run_widening(arms, split, steps, seeds, start=start, metric=metric)
+    if report_seeds is not None:
+        chosen = results
+        results = run(arms, split, steps, report_seeds, lr=dict(chosen.lrs))
+        results.choices = chosen.choices
     out = NoisyBNResult(results)
     for name in ("batch", "noisy"):
         torch.manual_seed(seeds[0])
@@ -423,7 +435,8 @@ def compare_landscapes(split: Split, builders: dict, lrs: dict[str, float], step
 
     The step sizes are multiples of each arm's own learning rate,
     :math:`\\eta_k = m_k \\, \\eta_{\\text{train}}`: the landscape is probed over the steps
-    the optimizer actually takes (half to four training steps by default).
+    the optimizer actually takes (half to four training steps by default). Models are built
+    in the dtype of the split's inputs (see :mod:`bnlib.experiments.precision`).
 
     Args:
         split: the data.
@@ -440,9 +453,8 @@ def compare_landscapes(split: Split, builders: dict, lrs: dict[str, float], step
     recorders = {name: LandscapeRecorder(split, [m * lrs[name] for m in step_multiples],
                                          measure_every, batch_size, seed=1000)
                  for name in builders}
-    arms = [Arm(name, build, train_kwargs={"batch_size": batch_size, "eval_every": eval_every,
-                                           "on_step": recorders[name],
-                                           "train_accuracy": False})
+    kwargs = {"batch_size": batch_size, "eval_every": eval_every, "train_accuracy": False}
+    arms = [Arm(name, cast_like(build, split), train_kwargs={**kwargs, "on_step": recorders[name]})
             for name, build in builders.items()]
     results = run(arms, split, steps, seeds, lr=dict(lrs))
     return LandscapeComparison(results, {n: r.landscapes() for n, r in recorders.items()})
