@@ -46,7 +46,7 @@ NOT_YET_COMPLIANT = {
     ("04_best_practice_code", "hidden-glue"), ("04_best_practice_code", "line-length"),
     ("04_best_practice_code", "install-cell"), ("04_best_practice_code", "code-width"),
     ("04_best_practice_code", "figures"),
-    ("05_applications", "install-cell"), ("05_applications", "code-width"),
+    ("05_applications", "install-cell"),
     ("06_tools_and_resources", "install-cell"),
     # The API reference (autodoc): long signatures and docstring examples; display
     # equations wider than a phone.

@@ -307,5 +307,5 @@ def check_masked_batch_norm(fn, tol: float = 1e-10) -> CheckResult:
                            "real tokens right, but padding positions of the output are not 0",
                            worst)
     return CheckResult("masked_batch_norm", True,
-                       f"equals F.batch_norm on the real tokens (largest difference below "
-                       f"{tol:.0e}); padding positions are 0", worst)
+                       f"equals F.batch_norm on the real tokens (difference < {tol:.0e}); "
+                       "padding is 0", worst)
