@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["METHOD_COLORS", "METHOD_LABELS", "plot_band", "plot_percentiles",
-           "plot_lr_sweep", "plot_activation_histograms"]
+           "plot_lr_sweep", "plot_activation_histograms", "plot_roofline"]
 
 #: One colour per normalization method, used by every figure.
 METHOD_COLORS = {"none": "tab:red", "batch": "tab:blue", "layer": "tab:green",
@@ -132,3 +132,56 @@ def plot_activation_histograms(activations: Sequence[np.ndarray], layers: Sequen
         values = np.asarray(activations[layer - 1]).ravel()
         ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.8, color=color,
                 label=f"layer {layer}")
+
+
+def plot_roofline(ax, bandwidth: float, peak: float, points: Sequence[dict],
+                  intensity_range: tuple[float, float] | None = None):
+    r"""A roofline, :math:`\min(P, I B)` in GFLOP/s against arithmetic intensity ``I`` in
+    flop/byte, log-log, with measured points under it.
+
+    The axes span every point and the ridge point :math:`P / B` (no point is cut off).
+
+    Args:
+        ax: the matplotlib ``Axes``.
+        bandwidth: ``B``, bytes per second.
+        peak: ``P``, flops per second.
+        points: one dict per point with keys ``intensity`` (flop/byte), ``rate``
+            (flop/s), ``label``, and optionally ``color``, ``marker``, ``filled`` (bool,
+            default ``True``).
+        intensity_range: ``(low, high)`` of the x axis in flop/byte. Default: a decade
+            beyond the points and the ridge on each side.
+
+    Returns:
+        The roof line (a ``Line2D``).
+
+    Example:
+        >>> import matplotlib.pyplot as plt
+        >>> fig, ax = plt.subplots()
+        >>> roof = plot_roofline(ax, 10e9, 100e9, [dict(intensity=0.5, rate=3e9,
+        ...                                             label="demo")])
+        >>> float(max(roof.get_ydata()))
+        100.0
+        >>> plt.close(fig)
+    """
+    if bandwidth <= 0 or peak <= 0:
+        raise ValueError(f"expected bandwidth > 0 and peak > 0 (got {bandwidth}, {peak})")
+    ridge = peak / bandwidth
+    xs = [p["intensity"] for p in points] + [ridge]
+    if intensity_range is None:
+        intensity_range = (min(xs) / 10, max(xs) * 10)
+    grid = np.logspace(np.log10(intensity_range[0]), np.log10(intensity_range[1]), 200)
+    (roof,) = ax.loglog(grid, np.minimum(peak, grid * bandwidth) / 1e9, color="k", lw=2,
+                        label="roofline: min(P, I B)")
+    ax.axvline(ridge, color="0.6", ls=":", lw=1, label="ridge point P / B")
+    for p in points:
+        filled = p.get("filled", True)
+        color = p.get("color")
+        ax.plot(p["intensity"], p["rate"] / 1e9, p.get("marker", "o"), ms=9, color=color,
+                markerfacecolor=color if filled else "none", markeredgewidth=1.5,
+                label=p["label"], linestyle="none")
+    rates = [p["rate"] / 1e9 for p in points] + [peak / 1e9]
+    ax.set_xlim(*intensity_range)
+    ax.set_ylim(min(rates + [intensity_range[0] * bandwidth / 1e9]) / 2, max(rates) * 2)
+    ax.set_xlabel("arithmetic intensity I (FLOP/byte, log scale)")
+    ax.set_ylabel("throughput (GFLOP/s, log scale)")
+    return roof
