@@ -78,7 +78,8 @@ def mlp(in_features: int = 64, hidden: int = 100, depth: int = 3, num_classes: i
         )
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"expected activation in {sorted(ACTIVATIONS)} (got {activation!r})")
+        raise ValueError(f"expected activation in {sorted(ACTIVATIONS)} "
+                         f"(got {activation!r})")
     _check_init(init)
     layers: list[nn.Module] = []
     width = in_features

@@ -146,9 +146,11 @@ def train(model: nn.Module, split: Split, steps: int, batch_size: int = 60, lr: 
 
     def evaluate(step: int) -> None:
         history.steps.append(step)
-        history.train_loss.append(sum(losses) / len(losses) if losses else float("nan"))
+        mean_loss = sum(losses) / len(losses) if losses else float("nan")
+        history.train_loss.append(mean_loss)
         if train_accuracy:
-            history.train_accuracy.append(accuracy(model, split.x_train, split.y_train))
+            acc = accuracy(model, split.x_train, split.y_train)
+            history.train_accuracy.append(acc)
         if split.x_val is not None:
             history.val_accuracy.append(accuracy(model, split.x_val, split.y_val))
         losses.clear()
