@@ -40,7 +40,6 @@ NOT_YET_COMPLIANT = {
     ("01_background", "install-cell"), ("01_background", "code-width"),
     ("01_background", "figures"),
     ("02_core_concepts", "install-cell"), ("02_core_concepts", "code-width"),
-    ("03_algorithm_and_math", "hidden-glue"), ("03_algorithm_and_math", "line-length"),
     ("03_algorithm_and_math", "install-cell"), ("03_algorithm_and_math", "code-width"),
     ("03_algorithm_and_math", "figures"),
     ("04_best_practice_code", "hidden-glue"), ("04_best_practice_code", "line-length"),
