@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["batch_stats", "channel_moments", "channel_shape", "eval_affine", "eval_scale",
+__all__ = ["batch_stats", "channel_moments", "channel_sum", "channel_shape", "eval_affine", "eval_scale",
            "merge_moments", "momentum_factor", "opmath_dtype", "output_format", "reduce_dims",
            "update_running_stats", "values_per_channel"]
 
@@ -50,6 +50,20 @@ def channel_shape(ndim: int, num_channels: int) -> list[int]:
 def values_per_channel(size) -> int:
     """``m = N * prod(spatial)``: how many values each channel's statistics average over."""
     return size[0] * math.prod(size[2:])
+
+
+def channel_sum(t: Tensor) -> Tensor:
+    """Per-channel sum over all dims but 1, shape ``(C,)``. A contiguous ``(N, C, *spatial)``
+    tensor is summed over its contiguous spatial run first, then over ``N``: the same
+    pairwise sums, about twice as fast on a CPU as one reduction over dims ``(0, 2, ...)``.
+
+    Example:
+        >>> channel_sum(torch.ones(2, 3, 4))
+        tensor([8., 8., 8.])
+    """
+    if t.dim() > 2 and t.is_contiguous():
+        return t.view(t.shape[0], t.shape[1], -1).sum(dim=-1).sum(dim=0)
+    return t.sum(dim=reduce_dims(t.dim()))
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:

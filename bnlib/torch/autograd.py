@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._stats import (batch_stats, channel_shape, eval_affine, opmath_dtype, output_format,
+from ._stats import (batch_stats, channel_shape, channel_sum, eval_affine, opmath_dtype, output_format,
                      reduce_dims, update_running_stats, values_per_channel)
 
 __all__ = ["BatchNormEvalFunction", "BatchNormFunction", "batch_norm_backward"]
@@ -99,10 +99,10 @@ class BatchNormFunction(torch.autograd.Function):
         acc = opmath_dtype(input.dtype)
         x = input.to(acc)
         m = values_per_channel(input.shape)
-        mean = x.mean(dim=dims)  # (C,)
+        mean = channel_sum(x) / m  # (C,)
         out = torch.empty_like(x, memory_format=output_format(input))
         torch.sub(x, mean.view(shape), out=out)  # x - mean, in the output's buffer
-        var = out.square_().sum(dim=dims) / m  # (C,) biased, two-pass
+        var = channel_sum(out.square_()) / m  # (C,) biased, two-pass
         if m > 0:
             update_running_stats(running_mean, running_var, mean, var, m, momentum)
         else:  # an empty batch (as torch): buffers untouched, zero weight and bias gradients
@@ -130,8 +130,8 @@ class BatchNormFunction(torch.autograd.Function):
         m = values_per_channel(input.shape)
         buf = torch.empty_like(x, memory_format=output_format(input))  # becomes grad_input
         torch.sub(x, mean.view(shape), out=buf)
-        sum_g = g.sum(dim=dims)  # (C,)
-        sum_g_xc = buf.mul_(g).sum(dim=dims)  # (C,) sum g (x - mean)
+        sum_g = channel_sum(g)  # (C,)
+        sum_g_xc = channel_sum(buf.mul_(g))  # (C,) sum g (x - mean)
         grad_input = grad_weight = None
         if needs[1]:
             grad_weight = (sum_g_xc * inv_std).to(weight.dtype)
@@ -204,7 +204,11 @@ class BatchNormEvalFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             scale = inv_std if weight is None else inv_std * weight.to(acc)
-            grad_input = (g * scale.view(shape)).to(input.dtype)
+            if torch.is_grad_enabled():  # create_graph=True
+                grad_input = (g * scale.view(shape)).to(input.dtype)
+            else:  # in the input's layout, as torch (empty_like keeps a dense input's strides)
+                grad_input = torch.empty_like(input, dtype=acc)
+                grad_input = torch.mul(g, scale.view(shape), out=grad_input).to(input.dtype)
         if weight is not None and ctx.needs_input_grad[3]:
             x_c = input.to(acc) - running_mean.to(acc).view(shape)
             grad_weight = ((g * x_c).sum(dim=dims) * inv_std).to(weight.dtype)
