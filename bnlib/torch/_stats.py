@@ -62,7 +62,7 @@ def channel_sum(t: Tensor) -> Tensor:
         tensor([8., 8., 8.])
     """
     if t.dim() > 2 and t.is_contiguous():
-        return t.view(t.shape[0], t.shape[1], -1).sum(dim=-1).sum(dim=0)
+        return t.view(t.shape[0], t.shape[1], math.prod(t.shape[2:])).sum(dim=-1).sum(dim=0)
     return t.sum(dim=reduce_dims(t.dim()))
 
 
