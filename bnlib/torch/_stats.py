@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["batch_stats", "channel_moments", "channel_sum", "channel_shape", "eval_affine", "eval_scale",
+__all__ = ["batch_stats", "channel_moments", "channel_sum", "empty_grad_input", "channel_shape", "eval_affine", "eval_scale",
            "merge_moments", "momentum_factor", "opmath_dtype", "output_format", "reduce_dims",
            "update_running_stats", "values_per_channel"]
 
@@ -111,6 +111,27 @@ def output_format(input: Tensor) -> torch.memory_format:
             _strides_like_channels_last(input.shape, input.stride()):
         return last
     return torch.contiguous_format
+
+
+def empty_grad_input(input: Tensor, grad_out: Tensor, dtype: torch.dtype,
+                     training: bool) -> Tensor:
+    """A tensor (to be overwritten) in the layout torch 2.13's CPU batch norm gives the input
+    gradient, measured on random layouts: for 5-D input, contiguous or channels_last_3d when
+    the input is, else the input's own strides (``empty_like``); for 2-D to 4-D input in
+    training, the output's memory format (:func:`output_format`); in evaluation, the layout
+    of an elementwise op on input and ``grad_out`` (found by running ``torch.eq``, one byte
+    per element: the meta device's layout rules differ from the CPU's for size-1 dims)."""
+    if input.dim() == 5:
+        for layout in (torch.contiguous_format, torch.channels_last_3d):
+            if input.is_contiguous(memory_format=layout):
+                return torch.empty(input.shape, dtype=dtype, device=input.device).to(
+                    memory_format=layout) if layout != torch.contiguous_format else \
+                    torch.empty(input.shape, dtype=dtype, device=input.device)
+        return torch.empty_like(input, dtype=dtype)
+    if training:
+        return torch.empty_like(input, dtype=dtype, memory_format=output_format(input))
+    layout = torch.eq(input, grad_out)
+    return torch.empty_strided(layout.shape, layout.stride(), dtype=dtype, device=input.device)
 
 
 def batch_stats(input: Tensor, dims: list[int] | None = None) -> tuple[Tensor, Tensor]:

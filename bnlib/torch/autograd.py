@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._stats import (batch_stats, channel_shape, channel_sum, eval_affine, opmath_dtype, output_format,
-                     reduce_dims, update_running_stats, values_per_channel)
+from ._stats import (batch_stats, channel_shape, channel_sum, empty_grad_input, eval_affine,
+                     opmath_dtype, output_format, reduce_dims, update_running_stats,
+                     values_per_channel)
 
 __all__ = ["BatchNormEvalFunction", "BatchNormFunction", "batch_norm_backward"]
 
@@ -128,7 +129,8 @@ class BatchNormFunction(torch.autograd.Function):
         acc = opmath_dtype(input.dtype)
         x, g = input.to(acc), grad_out.to(acc)
         m = values_per_channel(input.shape)
-        buf = torch.empty_like(x, memory_format=output_format(input))  # becomes grad_input
+        # The buffer becomes grad_input, in torch's layout.
+        buf = empty_grad_input(input, grad_out, acc, training=True)
         torch.sub(x, mean.view(shape), out=buf)
         sum_g = channel_sum(g)  # (C,)
         sum_g_xc = channel_sum(buf.mul_(g))  # (C,) sum g (x - mean)
@@ -206,8 +208,8 @@ class BatchNormEvalFunction(torch.autograd.Function):
             scale = inv_std if weight is None else inv_std * weight.to(acc)
             if torch.is_grad_enabled():  # create_graph=True
                 grad_input = (g * scale.view(shape)).to(input.dtype)
-            else:  # in the input's layout, as torch (empty_like keeps a dense input's strides)
-                grad_input = torch.empty_like(input, dtype=acc)
+            else:  # in torch's layout: that of an elementwise op on input and grad_out
+                grad_input = empty_grad_input(input, grad_out, acc, training=False)
                 grad_input = torch.mul(g, scale.view(shape), out=grad_input).to(input.dtype)
         if weight is not None and ctx.needs_input_grad[3]:
             x_c = input.to(acc) - running_mean.to(acc).view(shape)
