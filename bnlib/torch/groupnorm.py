@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ._affine import register_affine, reset_affine
 from ._errors import NormError
-from ._common import GradLayout, check_norm_dtypes, opmath, suggest_memory_format
+from ._common import GradLayout, centre, check_norm_dtypes, opmath, suggest_memory_format
 
 __all__ = ["GroupNorm", "group_norm"]
 
@@ -56,7 +56,8 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     and returned in its own dtype; the output (and the input gradient) is channels_last when
     the input's strides are; one value per group raises (torch checks it in eval mode too);
     an empty batch gives an empty output. The mean is subtracted before the variance is
-    taken (two passes), so a large mean/std ratio costs no float32 accuracy.
+    taken, and the mean's own rounding is corrected (:func:`bnlib.torch._common.centre`), so
+    a large mean/std ratio costs no float32 accuracy.
 
     Args:
         input: ``(N, C, *spatial)``.
@@ -82,7 +83,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     x = GradLayout.apply(input, fmt).to(acc)  # (N, C, *spatial) in fmt
     xg = x.unflatten(1, (num_groups, x.shape[1] // num_groups))  # (N, G, C/G, *spatial), a view
     dims = tuple(range(2, xg.dim()))
-    centred = xg - xg.mean(dim=dims, keepdim=True)  # two-pass: subtract the mean first
+    centred = centre(xg, dims)  # subtract the mean before taking the variance
     inv_std = torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)  # (N, G, 1..)
     out = (centred * inv_std).flatten(1, 2)  # (N, C, *spatial), still in fmt
     shape = [1, out.shape[1]] + [1] * (out.dim() - 2)

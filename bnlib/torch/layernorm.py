@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ._affine import register_affine, reset_affine
-from ._common import GradLayout, check_norm_dtypes, opmath, suggest_memory_format
+from ._common import GradLayout, centre, check_norm_dtypes, opmath, suggest_memory_format
 from ._errors import NormError, NormTypeError
 
 __all__ = ["LayerNorm", "RMSNorm", "layer_norm", "rms_norm"]
@@ -61,8 +61,9 @@ def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | 
     sample, and ``gamma``/``beta`` of shape ``normalized_shape``. As in torch: float16 and
     bfloat16 input is normalized in float32 (with float32 or same-dtype parameters) and
     returned in its own dtype; the output and the input gradient are contiguous whatever the
-    input's strides. The mean is subtracted before the variance is taken (two passes), so a
-    large mean/std ratio costs no float32 accuracy.
+    input's strides. The mean is subtracted before the variance is taken, and the mean's own
+    rounding is corrected (:func:`bnlib.torch._common.centre`), so a large mean/std ratio
+    costs no float32 accuracy.
 
     Args:
         input: ``(*, *normalized_shape)``.
@@ -86,12 +87,13 @@ def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | 
     check_norm_dtypes("layer_norm", input, weight, bias)
     acc = opmath(input.dtype)
     x = GradLayout.apply(input, torch.contiguous_format).to(acc)
-    centred = x - x.mean(dim=dims, keepdim=True)  # (*, *normalized_shape)
+    centred = centre(x, dims)  # (*, *normalized_shape)
     out = centred * torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+    # parameter gradients contiguous too, whatever the layout of the upstream gradient
     if weight is not None:
-        out = out * weight.to(acc)
+        out = out * GradLayout.apply(weight, torch.contiguous_format).to(acc)
     if bias is not None:
-        out = out + bias.to(acc)
+        out = out + GradLayout.apply(bias, torch.contiguous_format).to(acc)
     return out.to(input.dtype)
 
 
@@ -106,7 +108,8 @@ def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | No
 
     As in torch: float16/bfloat16 input is computed in float32 and returned in its own dtype;
     a weight of another dtype is promoted (no "mixed dtype" error); the output is contiguous
-    unless the input's strides look channels_last.
+    unless the input's strides look channels_last; the input gradient follows the upstream
+    gradient's layout.
 
     Args:
         input: ``(*, *normalized_shape)``.
@@ -135,8 +138,7 @@ def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | No
     if eps is None:
         eps = torch.finfo(acc).eps
     channels_last = suggest_memory_format(input) != torch.contiguous_format
-    x = input if channels_last else GradLayout.apply(input, torch.contiguous_format)
-    x = x.to(acc)
+    x = (input if channels_last else input.contiguous()).to(acc)
     out = x * torch.rsqrt(x.square().mean(dim=dims, keepdim=True) + eps)
     if weight is not None:
         out = out * weight
