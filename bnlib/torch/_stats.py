@@ -104,9 +104,15 @@ def output_format(input: Tensor) -> torch.memory_format:
         >>> output_format(torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))
         torch.channels_last
     """
-    if input.dim() not in (4, 5) or input.is_contiguous():
+    if input.dim() not in (4, 5):
         return torch.contiguous_format
     last = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+    if input.numel() == 0:  # every layout is "contiguous": compare with the canonical strides
+        canonical = torch.empty(input.shape, device="meta").to(memory_format=last).stride()
+        contiguous = torch.empty(input.shape, device="meta").stride()
+        return last if input.stride() == canonical != contiguous else torch.contiguous_format
+    if input.is_contiguous():
+        return torch.contiguous_format
     if input.is_contiguous(memory_format=last) or \
             _strides_like_channels_last(input.shape, input.stride()):
         return last
@@ -121,14 +127,14 @@ def empty_grad_input(input: Tensor, grad_out: Tensor, dtype: torch.dtype,
     training, the output's memory format (:func:`output_format`); in evaluation, the layout
     of an elementwise op on input and ``grad_out`` (found by running ``torch.eq``, one byte
     per element: the meta device's layout rules differ from the CPU's for size-1 dims)."""
-    if input.dim() == 5:
+    if input.dim() == 5 and input.numel() > 0:
         for layout in (torch.contiguous_format, torch.channels_last_3d):
             if input.is_contiguous(memory_format=layout):
                 return torch.empty(input.shape, dtype=dtype, device=input.device).to(
                     memory_format=layout) if layout != torch.contiguous_format else \
                     torch.empty(input.shape, dtype=dtype, device=input.device)
         return torch.empty_like(input, dtype=dtype)
-    if training:
+    if training or input.numel() == 0:
         return torch.empty_like(input, dtype=dtype, memory_format=output_format(input))
     layout = torch.eq(input, grad_out)
     return torch.empty_strided(layout.shape, layout.stride(), dtype=dtype, device=input.device)

@@ -20,6 +20,15 @@ from ._stats import (batch_stats, channel_shape, channel_sum, empty_grad_input, 
 __all__ = ["BatchNormEvalFunction", "BatchNormFunction", "batch_norm_backward"]
 
 
+def _differentiable(grad_out: Tensor) -> bool:
+    """Whether backward must use out-of-place differentiable ops: under ``create_graph=True``
+    (double backward) or when ``grad_out`` is a functorch tensor (``vmap`` over backward, as
+    ``gradcheck(check_batched_grad=True)`` does), which in-place and ``out=`` ops break."""
+    functorch = torch._C._functorch
+    return (torch.is_grad_enabled() or functorch.is_functorch_wrapped_tensor(grad_out)
+            or functorch.is_legacy_batchedtensor(grad_out))
+
+
 def batch_norm_backward(grad_out: Tensor, input: Tensor, weight: Tensor | None, eps: float,
                         needs: tuple[bool, bool, bool] = (True, True, True)):
     """The book's compact backward pass, in differentiable tensor operations:
@@ -121,7 +130,7 @@ class BatchNormFunction(torch.autograd.Function):
         input, weight, mean, inv_std = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
                  ctx.needs_input_grad[2])
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        if _differentiable(grad_out):  # create_graph=True or vmap: out-of-place ops
             grads = batch_norm_backward(grad_out, input, weight, ctx.eps, needs)
             grad_bias = None if grads[2] is None else grads[2].to(ctx.bias_dtype)
             return grads[0], grads[1], grad_bias, None, None, None, None
@@ -206,7 +215,7 @@ class BatchNormEvalFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             scale = inv_std if weight is None else inv_std * weight.to(acc)
-            if torch.is_grad_enabled():  # create_graph=True
+            if _differentiable(grad_out):  # create_graph=True or vmap
                 grad_input = (g * scale.view(shape)).to(input.dtype)
             else:  # in torch's layout: that of an elementwise op on input and grad_out
                 grad_input = empty_grad_input(input, grad_out, acc, training=False)

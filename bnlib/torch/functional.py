@@ -47,6 +47,13 @@ def _check(input: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if input.dim() < 2:
         raise NormError(f"expected 2D or higher input of shape (N, C, ...) "
                         f"(got {input.dim()}D input)")
+    # torch's order: batch size and eps (torch.nn.functional), then the kernel's checks.
+    if training:
+        verify_batch_size(input.size())
+        if not eps > 0:
+            raise NormError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif not eps >= 0:
+        raise NormError(f"batch_norm eps must be non-negative, but got {eps}")
     if (running_mean is None) != (running_var is None):
         raise NormError("running_mean and running_var must either both be None or neither be "
                         "None (got only "
@@ -59,15 +66,8 @@ def _check(input: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
             raise NormError(f"expected input with {t.numel()} channels to match {name} "
                             f"(got {num_channels} channels in dim 1 of input of shape "
                             f"{tuple(input.shape)})")
-    if training:
-        verify_batch_size(input.size())
-        if not eps > 0:
-            raise NormError(f"batch_norm eps must be positive during training, but got {eps}")
-    else:
-        if running_mean is None:
-            raise NormError("running_mean and running_var are needed when training=False")
-        if not eps >= 0:
-            raise NormError(f"batch_norm eps must be non-negative, but got {eps}")
+    if not training and running_mean is None:
+        raise NormError("running_mean and running_var are needed when training=False")
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,

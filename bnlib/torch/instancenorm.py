@@ -14,7 +14,7 @@ from .autograd import BatchNormEvalFunction, BatchNormFunction
 from .batchnorm import _NormBase
 from .functional import check_dtypes
 
-__all__ = ["InstanceNorm1d", "InstanceNorm2d", "instance_norm"]
+__all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "instance_norm"]
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None,
@@ -147,3 +147,16 @@ class InstanceNorm2d(_InstanceNorm):
     """
 
     _no_batch_dim = 3
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization of ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input:
+    each channel of each sample over ``D``, ``H`` and ``W``. Arguments as
+    :class:`InstanceNorm1d`.
+
+    Example:
+        >>> InstanceNorm3d(3)(torch.randn(2, 3, 2, 4, 4)).shape
+        torch.Size([2, 3, 2, 4, 4])
+    """
+
+    _no_batch_dim = 4
