@@ -16,8 +16,9 @@ __all__ = ["GroupNorm", "group_norm"]
 
 def _check(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> None:
     if input.dim() < 2:
-        raise NormError(f"Expected at least 2 dimensions for input tensor (N, C, *) but "
-                        f"received {input.dim()}D input of shape {list(input.shape)}")
+        raise NormError(f"Expected at least 2 dimensions for input tensor but received "
+                        f"{input.dim()}: group_norm needs input of shape (N, C, *), got "
+                        f"{list(input.shape)}")
     n, c = input.shape[:2]
     if num_groups <= 0 or c % num_groups != 0:
         raise NormError(f"Expected number of channels in input to be divisible by num_groups, "
@@ -87,10 +88,11 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     inv_std = torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)  # (N, G, 1..)
     out = (centred * inv_std).flatten(1, 2)  # (N, C, *spatial), still in fmt
     shape = [1, out.shape[1]] + [1] * (out.dim() - 2)
+    # parameter gradients contiguous, whatever the layout of the upstream gradient
     if weight is not None:
-        out = out * weight.to(acc).view(shape)
+        out = out * GradLayout.apply(weight, torch.contiguous_format).to(acc).view(shape)
     if bias is not None:
-        out = out + bias.to(acc).view(shape)
+        out = out + GradLayout.apply(bias, torch.contiguous_format).to(acc).view(shape)
     return out.to(input.dtype)
 
 
