@@ -22,9 +22,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["batch_stats", "channel_moments", "channel_sum", "empty_grad_input", "channel_shape", "eval_affine", "eval_scale",
-           "merge_moments", "momentum_factor", "opmath_dtype", "output_format", "reduce_dims",
-           "update_running_stats", "values_per_channel"]
+__all__ = ["batch_stats", "channel_moments", "channel_shape", "channel_sum", "empty_grad_input",
+           "eval_affine", "eval_scale", "merge_moments", "momentum_factor", "opmath_dtype",
+           "output_format", "reduce_dims", "update_running_stats", "values_per_channel"]
 
 
 def reduce_dims(ndim: int) -> list[int]:
@@ -173,8 +173,9 @@ def channel_moments(input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     in float64: the summary that :func:`merge_moments` combines across batches or processes.
 
     Example:
-        >>> channel_moments(torch.tensor([[1.0], [3.0]]))
-        (tensor([2.], dtype=torch.float64), tensor([2.], dtype=torch.float64), tensor([2.], dtype=torch.float64))
+        >>> count, mean, m2 = channel_moments(torch.tensor([[1.0], [3.0]]))
+        >>> count.tolist(), mean.tolist(), m2.tolist()
+        ([2.0], [2.0], [2.0])
     """
     x = input.detach().to(torch.float64)
     dims = reduce_dims(x.dim())

@@ -17,7 +17,39 @@ from ._stats import (batch_stats, channel_shape, channel_sum, empty_grad_input, 
                      opmath_dtype, output_format, reduce_dims, update_running_stats,
                      values_per_channel)
 
-__all__ = ["BatchNormEvalFunction", "BatchNormFunction", "batch_norm_backward"]
+__all__ = ["BatchNormEvalFunction", "BatchNormFunction", "batch_norm_backward",
+           "batch_norm_graph"]
+
+
+def batch_norm_graph(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                     running_mean: Tensor | None, running_var: Tensor | None,
+                     momentum: float, training: bool) -> Tensor:
+    """Batch norm as plain differentiable tensor operations, for ``torch.compile``: the
+    compiler fuses them into one kernel and derives the backward itself, which beats
+    tracing the in-place passes of :class:`BatchNormFunction` (see ``benchmarks/``).
+
+    .. math::
+
+        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+
+    with batch statistics (updating the running ones) in training, running ones otherwise.
+    """
+    shape = channel_shape(input.dim(), input.shape[1])
+    acc = opmath_dtype(input.dtype)
+    x = input.to(acc)
+    if training:
+        mean, var = batch_stats(x)  # (C,) each
+        m = values_per_channel(input.shape)
+        if m > 0:
+            update_running_stats(running_mean, running_var, mean, var, m, momentum)
+    else:
+        mean, var = running_mean.to(acc), running_var.to(acc)
+    out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    if weight is not None:
+        out = out * weight.to(acc).view(shape)
+    if bias is not None:
+        out = out + bias.to(acc).view(shape)
+    return out.to(input.dtype)
 
 
 def _differentiable(grad_out: Tensor) -> bool:

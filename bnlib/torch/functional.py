@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ._errors import NormError, NormTypeError
 from ._stats import values_per_channel
-from .autograd import BatchNormEvalFunction, BatchNormFunction
+from .autograd import BatchNormEvalFunction, BatchNormFunction, batch_norm_graph
 
 __all__ = ["batch_norm", "check_dtypes", "verify_batch_size"]
 
@@ -85,6 +85,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     ``running = (1 - momentum) * running + momentum * batch_statistic``
     (:class:`bnlib.torch.BatchNormFunction`). With ``training=False`` they are the running
     statistics: one affine map per channel (:class:`bnlib.torch.autograd.BatchNormEvalFunction`).
+    Under ``torch.compile`` the same math runs as plain tensor operations
+    (:func:`bnlib.torch.autograd.batch_norm_graph`), which the compiler fuses.
 
     As in torch: a float16/bfloat16 input with float32 parameters and buffers returns the
     input's dtype with statistics kept in float32; an empty input returns an empty output
@@ -110,6 +112,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                 [ 1.]])
     """
     _check(input, running_mean, running_var, weight, bias, training, eps)
+    if torch.compiler.is_compiling():  # let the compiler fuse the plain graph
+        return batch_norm_graph(input, weight, bias, eps, running_mean, running_var,
+                                momentum, training)
     if training:
         return BatchNormFunction.apply(input, weight, bias, eps, running_mean, running_var,
                                        momentum)
