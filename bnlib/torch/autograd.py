@@ -171,7 +171,7 @@ class BatchNormFunction(torch.autograd.Function):
         x, g = input.to(acc), grad_out.to(acc)
         m = values_per_channel(input.shape)
         # The buffer becomes grad_input, in torch's layout.
-        buf = empty_grad_input(input, grad_out, acc, training=True)
+        buf = empty_grad_input(input, acc)
         torch.sub(x, mean.view(shape), out=buf)
         sum_g = channel_sum(g)  # (C,)
         sum_g_xc = channel_sum(buf.mul_(g))  # (C,) sum g (x - mean)
@@ -249,8 +249,8 @@ class BatchNormEvalFunction(torch.autograd.Function):
             scale = inv_std if weight is None else inv_std * weight.to(acc)
             if _differentiable(grad_out):  # create_graph=True or vmap
                 grad_input = (g * scale.view(shape)).to(input.dtype)
-            else:  # in torch's layout: that of an elementwise op on input and grad_out
-                grad_input = empty_grad_input(input, grad_out, acc, training=False)
+            else:  # in torch's layout
+                grad_input = empty_grad_input(input, acc)
                 grad_input = torch.mul(g, scale.view(shape), out=grad_input).to(input.dtype)
         if weight is not None and ctx.needs_input_grad[3]:
             x_c = input.to(acc) - running_mean.to(acc).view(shape)

@@ -111,6 +111,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         tensor([[-1.],
                 [ 1.]])
     """
+    if input.dim() < 2 and input.numel() == 0:  # torch returns an empty tensor here
+        return input.clone()
     _check(input, running_mean, running_var, weight, bias, training, eps)
     if torch.compiler.is_compiling():  # let the compiler fuse the plain graph
         return batch_norm_graph(input, weight, bias, eps, running_mean, running_var,

@@ -49,6 +49,9 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
     if input.dim() < 3:
         raise NormError(f"expected 3D or higher input of shape (N, C, *spatial) "
                         f"(got {input.dim()}D input)")
+    if (running_mean is None) != (running_var is None):
+        raise NormError("running_mean and running_var must either both be None or neither be "
+                        "None")
     check_dtypes(input, weight, bias, running_mean, running_var)
     n, c = input.shape[:2]
     # Instance norm is batch norm of a batch of one with N * C channels (torch does the same).
