@@ -55,7 +55,8 @@ FULL_SHAPES = [(4096, 1024), (64, 64, 56, 56), (256, 128, 14, 14)]
 QUICK_SHAPES = [(256, 64), (4, 16, 14, 14), (16, 32, 7, 7)]
 PASSES = {"forward": 3, "forward+backward": 8}  # bytes moved, in units of S
 VARIANTS = ["teaching", "fast", "bt-eager", "bt-compiled", "native"]
-TARGETS = {"fast_vs_native": 1.0, "compiled_vs_native_nchw": 1.0, "fast_bandwidth": 0.3}
+TARGETS = {"fast_vs_native": 1.0, "compiled_vs_native_nchw": 1.0, "fast_bandwidth": 0.3,
+           "eager_fwd_bwd_vs_native": 1.5}
 
 
 def limit_threads() -> str:
@@ -191,7 +192,8 @@ def report(cases, med, args, blas: str) -> dict:
           "| fraction of copy |")
     print("|---|---|---:|---|---:|---:|---:|---:|")
     summary = {"ratios_fast_numpy_vs_native": {}, "bandwidth_fraction_fast_numpy": {},
-               "ratios_compiled_vs_native": {}, "bandwidth_fraction_native": {},
+               "ratios_compiled_vs_native": {}, "ratios_eager_vs_native": {},
+               "bandwidth_fraction_native": {},
                "copy_bandwidth_gbps": {}, "clock": args.clock, "repeats": args.repeats,
                "load_average_1min": round(load[0], 2)}
     for case in cases:
@@ -215,6 +217,8 @@ def report(cases, med, args, blas: str) -> dict:
                 summary["bandwidth_fraction_fast_numpy"][case.key] = round(bw / copy_bw, 3)
             elif name == "bt-compiled":
                 summary["ratios_compiled_vs_native"][case.key] = round(ratio, 3)
+            elif name == "bt-eager":
+                summary["ratios_eager_vs_native"][case.key] = round(ratio, 3)
             elif name == "native":
                 summary["bandwidth_fraction_native"][case.key] = round(bw / copy_bw, 3)
     print()
@@ -222,7 +226,12 @@ def report(cases, med, args, blas: str) -> dict:
     fast_bw = summary["bandwidth_fraction_fast_numpy"]
     comp = {k: v for k, v in summary["ratios_compiled_vs_native"].items()
             if len(k.split("/")[0].split("x")) == 4}
+    eager = {k: v for k, v in summary["ratios_eager_vs_native"].items()
+             if k.endswith("/forward+backward")}
     checks = [
+        (f"bnlib.torch eager forward+backward <= {TARGETS['eager_fwd_bwd_vs_native']}x native "
+         "on every shape", max(eager.values()),
+         max(eager.values()) <= TARGETS["eager_fwd_bwd_vs_native"]),
         (f"fast NumPy <= {TARGETS['fast_vs_native']}x native on every case",
          max(fast_r.values()), max(fast_r.values()) <= TARGETS["fast_vs_native"]),
         (f"bnlib.torch compiled <= {TARGETS['compiled_vs_native_nchw']}x native on NCHW",

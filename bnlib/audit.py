@@ -33,7 +33,7 @@ __all__ = [
     "check_backward_through_eval_after_training", "check_normalizes_with_biased_variance",
     "check_refuses_4d_input", "check_refuses_batch_of_one", "check_stats_carry_no_graph",
     "check_stats_follow_to", "check_stats_in_state_dict", "count_graph_nodes",
-    "format_audit", "run_audit",
+    "format_audit", "run_audit", "torch_channels_last_grad_bug",
 ]
 
 ModuleClass = Callable[[int], nn.Module]
@@ -483,3 +483,45 @@ def format_audit(results: dict[str, list[CheckResult]]) -> str:
         cells = ("PASS" if results[n][i].passed else "FAIL" for n in names)
         lines.append(check.ljust(width) + "  ".join(c.ljust(w) for c, w in zip(cells, columns)))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def torch_channels_last_grad_bug(seed: int = 0) -> dict[str, dict[str, Tensor]]:
+    """A bug of torch's own CPU kernel that differential testing finds: training-mode
+    ``BatchNorm2d`` gradients for an input whose size-1 dims make its strides look
+    channels_last, ``torch.as_strided(t, (1, 2, 1, 3), (1, 1, 2, 2))``, with a contiguous
+    ``dy``.
+
+    The bias gradient of batch norm is :math:`\\partial L / \\partial \\beta_c = \\sum_i
+    g_{ic}`, whatever the layout; torch 2.13 returns other numbers for this input, while a
+    contiguous copy of the same values, and :class:`bnlib.torch.BatchNorm2d` on the strided
+    input, return the right ones.
+
+    Args:
+        seed: seeds the input and ``dy``. Default: ``0``.
+
+    Returns:
+        ``{"torch": ..., "contiguous_copy": ..., "bnlib": ...}``, each a dict with
+        ``input_grad``, ``weight_grad``, ``bias_grad`` and ``sum_dy`` (the right bias grad).
+
+    Example:
+        >>> answers = torch_channels_last_grad_bug()
+        >>> right = answers["contiguous_copy"]
+        >>> bool(torch.allclose(right["bias_grad"], right["sum_dy"]))
+        True
+    """
+    import bnlib.torch as bt
+
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(6, generator=generator)
+    dy = torch.randn(1, 2, 1, 3, generator=generator)  # contiguous
+    answers = {}
+    for name, module_cls, contiguous in (("torch", nn.BatchNorm2d, False),
+                                         ("contiguous_copy", nn.BatchNorm2d, True),
+                                         ("bnlib", bt.BatchNorm2d, False)):
+        x = torch.as_strided(values.clone(), (1, 2, 1, 3), (1, 1, 2, 2))
+        x = (x.contiguous() if contiguous else x).requires_grad_()
+        bn = module_cls(2)
+        bn(x).backward(dy)
+        answers[name] = {"input_grad": x.grad, "weight_grad": bn.weight.grad,
+                         "bias_grad": bn.bias.grad, "sum_dy": dy.sum(dim=(0, 2, 3))}
+    return answers

@@ -50,17 +50,30 @@ def test_one_value_per_channel_is_fine_when_spatial_size_gives_more():
     assert torch.isfinite(out).all()
 
 
-def test_empty_batch_is_refused():
-    # torch.nn returns an empty output and still counts the batch in num_batches_tracked;
-    # we refuse it instead, since a step over no data is almost always a bug upstream.
-    with pytest.raises(ValueError, match="non-empty input"):
-        bt.BatchNorm2d(3)(torch.randn(0, 3, 2, 2))
+@pytest.mark.parametrize("shape", [(0, 3, 2, 2), (2, 3, 0, 2)])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_empty_batch_behaves_as_in_torch(shape, momentum):
+    # torch.nn returns an empty output, leaves the running statistics alone, still counts
+    # the batch in num_batches_tracked, and gives zero weight and bias gradients; so do we
+    # (detection heads meet empty batches). The NumPy teaching layer refuses them.
+    ours, ref = bt.BatchNorm2d(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    x = torch.randn(shape, requires_grad=True)
+    for bn in (ours, ref):
+        out = bn(x)
+        assert out.shape == shape and out.dtype == x.dtype
+        out.sum().backward()
+        assert torch.equal(bn.weight.grad, torch.zeros(3))
+        assert torch.equal(bn.bias.grad, torch.zeros(3))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(ours, name), getattr(ref, name)), name
+    assert int(ours.num_batches_tracked) == 1
+    assert ours.eval()(x).shape == shape
     with pytest.raises(ValueError, match="non-empty input"):
         BatchNorm(3)(np.ones((0, 3)))
 
 
 def test_integer_input_is_refused():
-    with pytest.raises(ValueError, match="floating-point input"):
+    with pytest.raises(NotImplementedError, match="floating-point input"):
         bt.BatchNorm1d(3)(torch.ones(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="floating-point input"):
         BatchNorm(3)(np.ones((4, 3), dtype=np.int64))

@@ -32,7 +32,8 @@ def test_quick_run_prints_table_targets_and_json_line():
     bn_speed = load_module()
     expected = {"x".join(map(str, s)) + "/" + p
                 for s in bn_speed.QUICK_SHAPES for p in bn_speed.PASSES}
-    for key in ("ratios_fast_numpy_vs_native", "bandwidth_fraction_fast_numpy"):
+    for key in ("ratios_fast_numpy_vs_native", "bandwidth_fraction_fast_numpy",
+                "ratios_eager_vs_native"):
         assert set(summary[key]) == expected, key
         assert all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
                    for v in summary[key].values()), summary[key]
@@ -40,7 +41,7 @@ def test_quick_run_prints_table_targets_and_json_line():
     table = [line for line in lines if line.startswith("| (")]
     assert len(table) == len(expected) * len(bn_speed.VARIANTS)
     assert all("skipped (--no-compile)" in line for line in table if "bt-compiled" in line)
-    assert sum(line.startswith("target: ") for line in lines) == 3
+    assert sum(line.startswith("target: ") for line in lines) == 4
 
 
 def test_a_failing_implementation_is_reported_in_the_table_not_raised():

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import bnlib.torch as bt
-from bnlib.torch.data_parallel import train_data_parallel
-from bnlib.torch.sync import SyncBatchNorm, launch, merge_moments
+from bnlib.experiments.data_parallel import launch, train_data_parallel
+from bnlib.torch.sync import SyncBatchNorm, merge_moments
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 F64 = torch.float64

@@ -129,7 +129,9 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5):
 
     The variance is the biased one (divide by ``m``) and is computed in two passes,
     ``mean((x - mu)**2)``, which stays accurate when ``|mu|`` is large compared with the
-    spread; the one-pass ``E[x^2] - E[x]^2`` can even come out negative there.
+    spread; the one-pass ``E[x^2] - E[x]^2`` can even come out negative there. Both means
+    are accumulated in float64, and ``x - mu`` is rounded to ``x``'s dtype only after the
+    subtraction, so float32 input keeps float32 accuracy at any ``|mu| / sigma``.
 
     Args:
         x: input, shape ``(N, C)`` or ``(N, C, *spatial)``, floating point.
@@ -152,9 +154,12 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5):
     axes = reduce_axes(x.ndim)
     num_channels = x.shape[1]
     shape = channel_shape(x.ndim, num_channels)
-    mu = x.mean(axis=axes)  # (C,)
-    x_centered = x - mu.reshape(shape)  # (N, C, *spatial)
-    var = np.mean(x_centered * x_centered, axis=axes)  # (C,)  biased, two-pass
+    # Sums accumulate in float64: a float32 running sum of m values loses about
+    # log2(m) bits, and all of them when |mu| >> sigma (1e4 + N(0, 1) in float32).
+    mu = x.mean(axis=axes, dtype=np.float64)  # (C,)
+    x_centered = (x - mu.reshape(shape)).astype(x.dtype)  # (N, C, *spatial), rounded once
+    var = np.mean(x_centered * x_centered, axis=axes, dtype=np.float64).astype(x.dtype)  # (C,)
+    mu = mu.astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + eps)  # (C,)
     x_hat = x_centered * inv_std.reshape(shape)
     y = x_hat

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ._affine import register_affine, reset_affine
+from ._errors import NormError
+from ._stats import momentum_factor
 from .functional import batch_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -62,11 +64,14 @@ class _NormBase(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs) -> None:
-        # state_dicts from before version 2 have no num_batches_tracked: start it at 0.
+        # state_dicts from before version 2 have no num_batches_tracked: keep the module's
+        # current count (torch 2.13 does the same; it is 0 on a fresh module).
         version = local_metadata.get("version", None)
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            count = self.num_batches_tracked
+            keep = count is not None and count.device != torch.device("meta")
+            state_dict[key] = count if keep else torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
@@ -74,14 +79,10 @@ class _NormBase(nn.Module):
 class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        # momentum=None means a cumulative average: the k-th batch gets weight 1/k.
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        factor = momentum_factor(self)  # counts the batch in training
         # Batch statistics in training, and in evaluation when no running statistics exist.
-        use_batch_stats = self.training or self.running_mean is None
+        use_batch_stats = self.training or (self.running_mean is None
+                                            and self.running_var is None)
         update_buffers = not self.training or self.track_running_stats
         return batch_norm(
             input,
@@ -90,8 +91,8 @@ class _BatchNorm(_NormBase):
             self.weight, self.bias, use_batch_stats, factor, self.eps)
 
 
-def _dim_error(expected: str, input: Tensor) -> ValueError:
-    return ValueError(f"expected {expected} input (got {input.dim()}D input)")
+def _dim_error(expected: str, input: Tensor) -> NormError:
+    return NormError(f"expected {expected} input (got {input.dim()}D input)")
 
 
 class BatchNorm1d(_BatchNorm):

@@ -10,6 +10,8 @@ import copy
 import torch
 from torch import nn
 
+from ._errors import NormError
+from ._stats import eval_scale
 from .precise import is_batch_norm
 
 __all__ = ["fold_all_bn", "fold_bn"]
@@ -45,25 +47,23 @@ def fold_bn(layer: nn.Module, bn: nn.Module) -> nn.Module:
         True
     """
     if not isinstance(layer, _FOLDABLE):
-        raise ValueError(f"expected nn.Linear or nn.Conv1d/2d/3d to fold into "
+        raise NormError(f"expected nn.Linear or nn.Conv1d/2d/3d to fold into "
                          f"(got {type(layer).__name__})")
     if not is_batch_norm(bn):
-        raise ValueError(f"expected a batch-norm layer to fold (got {type(bn).__name__})")
+        raise NormError(f"expected a batch-norm layer to fold (got {type(bn).__name__})")
     if layer.training or bn.training:
-        raise ValueError("folding is only valid in evaluation mode: in training batch norm "
+        raise NormError("folding is only valid in evaluation mode: in training batch norm "
                          "uses batch statistics; call model.eval() first")
     if bn.running_mean is None:
-        raise ValueError("expected a batch-norm layer with running statistics "
+        raise NormError("expected a batch-norm layer with running statistics "
                          "(got track_running_stats=False)")
     out_channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if out_channels != bn.num_features:
-        raise ValueError(f"expected {type(bn).__name__} with {out_channels} features to match "
+        raise NormError(f"expected {type(bn).__name__} with {out_channels} features to match "
                          f"the layer's output channels (got {bn.num_features})")
     folded = copy.deepcopy(layer)
     with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
-        if bn.weight is not None:
-            scale = scale * bn.weight
+        scale = eval_scale(bn.running_var, bn.weight, bn.eps)  # (C_out,)
         bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
         new_bias = (bias - bn.running_mean) * scale  # (C_out,)
         if bn.bias is not None:
@@ -106,7 +106,7 @@ def fold_all_bn(model: nn.Module) -> nn.Module:
         )
     """
     if any(m.training for m in model.modules()):
-        raise ValueError("folding is only valid in evaluation mode: call model.eval() first")
+        raise NormError("folding is only valid in evaluation mode: call model.eval() first")
     folded = copy.deepcopy(model)
     for module in folded.modules():
         if isinstance(module, nn.Sequential):

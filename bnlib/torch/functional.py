@@ -1,43 +1,73 @@
-"""``batch_norm`` written from tensor operations, with the signature of
-``torch.nn.functional.batch_norm``."""
+"""``batch_norm`` with the signature, errors and results of
+``torch.nn.functional.batch_norm``, computed by the autograd Functions of
+:mod:`bnlib.torch.autograd` from the statistics core :mod:`bnlib.torch._stats`."""
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "verify_batch_size"]
+from ._errors import NormError, NormTypeError
+from ._stats import values_per_channel
+from .autograd import BatchNormEvalFunction, BatchNormFunction, batch_norm_graph
+
+__all__ = ["batch_norm", "check_dtypes", "verify_batch_size"]
+
+_REDUCED = (torch.float16, torch.bfloat16)
 
 
 def verify_batch_size(size: torch.Size) -> None:
     """Refuse a training batch with one value per channel, in PyTorch's words."""
-    values_per_channel = size[0] * math.prod(size[2:])
-    if values_per_channel == 1:
-        raise ValueError(
+    if values_per_channel(size) == 1:
+        raise NormError(
             f"Expected more than 1 value per channel when training, got input size {size}")
 
 
-def _check(input: Tensor, running_mean: Tensor | None, weight: Tensor | None,
-           training: bool) -> None:
-    if input.dim() < 2:
-        raise ValueError(f"expected 2D or higher input of shape (N, C, ...) "
-                         f"(got {input.dim()}D input)")
+def check_dtypes(input: Tensor, *params: Tensor | None) -> None:
+    """Refuse the dtypes torch's CPU kernels refuse.
+
+    The input must be floating point (else :class:`NormTypeError`, torch's
+    ``NotImplementedError``). The parameters and buffers given must share one dtype: the
+    input's, or float32 for a float16/bfloat16 input (the mixed-precision pattern of CPU
+    autocast: statistics and buffers in float32, output in the input's dtype). Anything else
+    is torch's "mixed dtype (CPU)" ``RuntimeError``: a :class:`NormError`.
+    """
     if not input.is_floating_point():
-        raise ValueError(f"expected a floating-point input (got {input.dtype}); "
-                         "convert it first, e.g. x.float()")
-    num_channels = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("weight", weight)):
-        if t is not None and t.numel() != num_channels:
-            raise ValueError(f"expected input with {t.numel()} channels to match {name} "
-                             f"(got {num_channels} channels in input of shape "
-                             f"{tuple(input.shape)})")
-    if input.numel() == 0:
-        raise ValueError(f"expected a non-empty input (got input of shape {tuple(input.shape)})")
+        raise NormTypeError(f'"batch_norm" not implemented for {input.dtype}: expected a '
+                            "floating-point input; convert it first, e.g. x.float()")
+    dtypes = {p.dtype for p in params if p is not None}
+    allowed = {input.dtype, torch.float32} if input.dtype in _REDUCED else {input.dtype}
+    if len(dtypes) > 1 or not dtypes <= allowed:
+        raise NormError(f"mixed dtype (CPU): input is {input.dtype} but weight, bias and the "
+                        f"running statistics are {sorted(map(str, dtypes))}; they must share "
+                        f"one dtype, {' or '.join(sorted(map(str, allowed)))}")
+
+
+def _check(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+           weight: Tensor | None, bias: Tensor | None, training: bool, eps: float) -> None:
+    if input.dim() < 2:
+        raise NormError(f"expected 2D or higher input of shape (N, C, ...) "
+                        f"(got {input.dim()}D input)")
+    # torch's order: batch size and eps (torch.nn.functional), then the kernel's checks.
     if training:
         verify_batch_size(input.size())
-    elif running_mean is None:
-        raise ValueError("running_mean and running_var are needed when training=False")
+        if not eps > 0:
+            raise NormError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif not eps >= 0:
+        raise NormError(f"batch_norm eps must be non-negative, but got {eps}")
+    if (running_mean is None) != (running_var is None):
+        raise NormError("running_mean and running_var must either both be None or neither be "
+                        "None (got only "
+                        f"{'running_mean' if running_var is None else 'running_var'})")
+    check_dtypes(input, weight, bias, running_mean, running_var)
+    num_channels = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != num_channels:
+            raise NormError(f"expected input with {t.numel()} channels to match {name} "
+                            f"(got {num_channels} channels in dim 1 of input of shape "
+                            f"{tuple(input.shape)})")
+    if not training and running_mean is None:
+        raise NormError("running_mean and running_var are needed when training=False")
 
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
@@ -45,49 +75,49 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalization over channel dimension 1, as ``torch.nn.functional.batch_norm``.
 
-    With ``training=True`` the input is normalized with its own per-channel mean and biased
-    variance, and the running statistics, when given, are updated in place (without autograd
-    history) with the unbiased variance:
-    ``running = (1 - momentum) * running + momentum * batch_statistic``.
-    With ``training=False`` the running statistics are used.
+    .. math::
+
+        y = \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta
+
+    With ``training=True``, ``mu`` and ``sigma^2`` are the input's own per-channel mean and
+    biased variance, and the running statistics, when given, are updated in place (without
+    autograd history) with the unbiased variance:
+    ``running = (1 - momentum) * running + momentum * batch_statistic``
+    (:class:`bnlib.torch.BatchNormFunction`). With ``training=False`` they are the running
+    statistics: one affine map per channel (:class:`bnlib.torch.autograd.BatchNormEvalFunction`).
+    Under ``torch.compile`` the same math runs as plain tensor operations
+    (:func:`bnlib.torch.autograd.batch_norm_graph`), which the compiler fuses.
+
+    As in torch: a float16/bfloat16 input with float32 parameters and buffers returns the
+    input's dtype with statistics kept in float32; an empty input returns an empty output
+    and leaves the buffers alone; the errors are torch's, as :class:`NormError`
+    (a ``ValueError`` and ``RuntimeError``).
 
     Args:
         input: ``(N, C)`` or ``(N, C, *spatial)``.
-        running_mean, running_var: ``(C,)`` buffers or ``None``.
+        running_mean, running_var: ``(C,)`` buffers, or both ``None``.
         weight, bias: ``(C,)`` affine parameters or ``None``.
         training: use batch statistics. Default: ``False``.
         momentum: weight of the new batch in the running averages. Default: ``0.1``.
-        eps: added to the variance. Default: ``1e-5``.
+        eps: added to the variance; ``> 0`` in training, ``>= 0`` otherwise.
+            Default: ``1e-5``.
+
+    Shape:
+        Output: like ``input``, in torch's memory format (channels_last stays channels_last).
 
     Example:
         >>> x = torch.tensor([[1.0], [3.0]])
-        >>> batch_norm(x, None, None, training=True, eps=0.0)
+        >>> batch_norm(x, None, None, training=True, eps=1e-12)
         tensor([[-1.],
                 [ 1.]])
     """
-    _check(input, running_mean, weight, training)
-    dims = [0] + list(range(2, input.dim()))
-    shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
+    if input.dim() < 2 and input.numel() == 0:  # torch returns an empty tensor here
+        return input.clone()
+    _check(input, running_mean, running_var, weight, bias, training, eps)
+    if torch.compiler.is_compiling():  # let the compiler fuse the plain graph
+        return batch_norm_graph(input, weight, bias, eps, running_mean, running_var,
+                                momentum, training)
     if training:
-        mean = input.mean(dim=dims)  # (C,)
-        var = (input - mean.view(shape)).square().mean(dim=dims)  # (C,) biased, two-pass
-        if running_mean is not None or running_var is not None:
-            n = input.numel() // input.shape[1]
-            with torch.no_grad():
-                if running_mean is not None:
-                    running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-                if running_var is not None:
-                    running_var.mul_(1 - momentum).add_(var.detach() * (n / (n - 1)),
-                                                        alpha=momentum)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
-        if weight is not None:
-            out = out * weight.view(shape)
-        if bias is not None:
-            out = out + bias.view(shape)
-        return out
-    # Evaluation: a fixed per-channel affine map y = x * scale + shift (what folding uses).
-    scale = 1.0 / torch.sqrt(running_var + eps)  # (C,)
-    if weight is not None:
-        scale = scale * weight
-    shift = -running_mean * scale if bias is None else bias - running_mean * scale  # (C,)
-    return torch.addcmul(shift.view(shape), input, scale.view(shape))  # one fused x*s+t
+        return BatchNormFunction.apply(input, weight, bias, eps, running_mean, running_var,
+                                       momentum)
+    return BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps)

@@ -9,9 +9,12 @@ import warnings
 import torch
 from torch import Tensor
 
+from ._errors import NormError
+from .autograd import BatchNormEvalFunction, BatchNormFunction
 from .batchnorm import _NormBase
+from .functional import check_dtypes
 
-__all__ = ["InstanceNorm1d", "InstanceNorm2d", "instance_norm"]
+__all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "instance_norm"]
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None,
@@ -44,35 +47,39 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
         tensor([[[-1.,  1.]]])
     """
     if input.dim() < 3:
-        raise ValueError(f"expected 3D or higher input of shape (N, C, *spatial) "
-                         f"(got {input.dim()}D input)")
-    shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
+        raise NormError(f"expected 3D or higher input of shape (N, C, *spatial) "
+                        f"(got {input.dim()}D input)")
+    if (running_mean is None) != (running_var is None):
+        raise NormError("running_mean and running_var must either both be None or neither be "
+                        "None")
+    # torch checks the affine parameters' dtype against the input's (the batch-norm rule) but
+    # accepts running buffers of any floating dtype here: they are cast, as in torch.
+    check_dtypes(input, weight, bias)
+    n, c = input.shape[:2]
+    # Instance norm is batch norm of a batch of one with N * C channels (torch does the same).
+    x = input.reshape(1, n * c, *input.shape[2:])
+    weight = None if weight is None else weight.repeat(n)
+    bias = None if bias is None else bias.repeat(n)
     if not use_input_stats:
         if running_mean is None or running_var is None:
-            raise ValueError("running_mean and running_var are needed when "
-                             "use_input_stats=False")
-        out = (input - running_mean.view(shape)) * torch.rsqrt(running_var.view(shape) + eps)
-    else:
-        spatial = math.prod(input.shape[2:])
-        if spatial == 1:
-            raise ValueError(f"Expected more than 1 spatial element when training, "
-                             f"got input size {input.size()}")
-        dims = tuple(range(2, input.dim()))
-        mean = input.mean(dim=dims, keepdim=True)  # (N, C, 1, ...)
-        var = (input - mean).square().mean(dim=dims, keepdim=True)  # biased
-        with torch.no_grad():
-            if running_mean is not None:
-                batch_mean = mean.flatten(1).mean(dim=0)  # (C,)
-                running_mean.mul_(1 - momentum).add_(batch_mean, alpha=momentum)
-            if running_var is not None:
-                batch_var = var.flatten(1).mean(dim=0) * (spatial / (spatial - 1))  # (C,)
-                running_var.mul_(1 - momentum).add_(batch_var, alpha=momentum)
-        out = (input - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        out = out * weight.view(shape)
-    if bias is not None:
-        out = out + bias.view(shape)
-    return out
+            raise NormError("running_mean and running_var are needed when "
+                            "use_input_stats=False")
+        out = BatchNormEvalFunction.apply(x, running_mean.repeat(n), running_var.repeat(n),
+                                          weight, bias, eps)
+        return out.view(input.shape)
+    if math.prod(input.shape[2:]) == 1:
+        raise NormError(f"Expected more than 1 spatial element when training, "
+                        f"got input size {input.size()}")
+    # Per-instance running buffers, updated by the core, then averaged over the batch.
+    mean_rep = None if running_mean is None else running_mean.repeat(n)
+    var_rep = None if running_var is None else running_var.repeat(n)
+    out = BatchNormFunction.apply(x, weight, bias, eps, mean_rep, var_rep, momentum)
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.copy_(mean_rep.view(n, c).mean(dim=0))
+        if running_var is not None:
+            running_var.copy_(var_rep.view(n, c).mean(dim=0))
+    return out.view(input.shape)
 
 
 class _InstanceNorm(_NormBase):
@@ -89,7 +96,7 @@ class _InstanceNorm(_NormBase):
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in (self._no_batch_dim, self._no_batch_dim + 1):
-            raise ValueError(f"expected {self._no_batch_dim}D or {self._no_batch_dim + 1}D "
+            raise NormError(f"expected {self._no_batch_dim}D or {self._no_batch_dim + 1}D "
                              f"input (got {input.dim()}D input)")
 
     def forward(self, input: Tensor) -> Tensor:
@@ -97,7 +104,7 @@ class _InstanceNorm(_NormBase):
         feature_dim = input.dim() - self._no_batch_dim
         if input.size(feature_dim) != self.num_features:
             if self.affine or self.track_running_stats:
-                raise ValueError(f"expected input's size at dim={feature_dim} to match "
+                raise NormError(f"expected input's size at dim={feature_dim} to match "
                                  f"num_features ({self.num_features}), but got: "
                                  f"{input.size(feature_dim)}.")
             warnings.warn(f"input's size at dim={feature_dim} does not match num_features. "
@@ -145,3 +152,16 @@ class InstanceNorm2d(_InstanceNorm):
     """
 
     _no_batch_dim = 3
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalization of ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input:
+    each channel of each sample over ``D``, ``H`` and ``W``. Arguments as
+    :class:`InstanceNorm1d`.
+
+    Example:
+        >>> InstanceNorm3d(3)(torch.randn(2, 3, 2, 4, 4)).shape
+        torch.Size([2, 3, 2, 4, 4])
+    """
+
+    _no_batch_dim = 4

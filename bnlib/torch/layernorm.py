@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ._affine import register_affine, reset_affine
+from ._common import GradLayout, centre, check_norm_dtypes, opmath, suggest_memory_format
+from ._errors import NormError, NormTypeError
 
 __all__ = ["LayerNorm", "RMSNorm", "layer_norm", "rms_norm"]
 
@@ -25,14 +27,24 @@ def _as_shape(normalized_shape: _Shape) -> tuple[int, ...]:
     return tuple(int(s) for s in normalized_shape)
 
 
-def check_normalized_shape(input: Tensor, normalized_shape: Sequence[int]) -> tuple[int, ...]:
+def check_normalized_shape(input: Tensor, normalized_shape: Sequence[int],
+                           *params: tuple[str, Tensor | None]) -> tuple[int, ...]:
     """The dimensions to normalize over, after checking that ``input`` ends in
-    ``normalized_shape`` (PyTorch's wording)."""
-    k = len(normalized_shape)
-    if k == 0 or input.dim() < k or tuple(input.shape[-k:]) != tuple(normalized_shape):
-        expected = ", ".join(str(s) for s in normalized_shape)
-        raise ValueError(f"Given normalized_shape={list(normalized_shape)}, expected input with "
-                         f"shape [*, {expected}], but got input of size{list(input.shape)}")
+    ``normalized_shape`` and that each ``(name, tensor)`` parameter has that shape (PyTorch's
+    wording, raised as :class:`NormError`)."""
+    shape = list(normalized_shape)
+    k = len(shape)
+    if k == 0:
+        raise NormError("Expected normalized_shape to be at least 1-dimensional, i.e., "
+                        "containing at least one element, but got normalized_shape = []")
+    for name, t in params:
+        if t is not None and list(t.shape) != shape:
+            raise NormError(f"Expected {name} to be of same shape as normalized_shape, but got "
+                            f"{name} of shape {list(t.shape)} and normalized_shape = {shape}")
+    if input.dim() < k or list(input.shape[-k:]) != shape:
+        expected = ", ".join(str(s) for s in shape)
+        raise NormError(f"Given normalized_shape={shape}, expected input with shape "
+                        f"[*, {expected}], but got input of size{list(input.shape)}")
     return tuple(range(input.dim() - k, input.dim()))
 
 
@@ -42,30 +54,47 @@ def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | 
 
     .. math::
 
-        y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
+        y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}}
+            \\odot \\gamma + \\beta
 
     with mean and biased variance over the last ``len(normalized_shape)`` dimensions of each
-    sample, and ``gamma``/``beta`` of shape ``normalized_shape``.
+    sample, and ``gamma``/``beta`` of shape ``normalized_shape``. As in torch: float16 and
+    bfloat16 input is normalized in float32 (with float32 or same-dtype parameters) and
+    returned in its own dtype; the output and the input gradient are contiguous whatever the
+    input's strides. The mean is subtracted before the variance is taken, and the mean's own
+    rounding is corrected (:func:`bnlib.torch._common.centre`), so a large mean/std ratio
+    costs no float32 accuracy.
 
     Args:
         input: ``(*, *normalized_shape)``.
         normalized_shape: the trailing shape to normalize over.
-        weight, bias: ``normalized_shape`` tensors or ``None``.
+        weight, bias: ``normalized_shape`` tensors or ``None``. Default: ``None``.
         eps: added to the variance. Default: ``1e-5``.
+
+    Shape:
+        Input ``(*, *normalized_shape)``; output the same.
+
+    Raises:
+        NormError: a shape that does not end in ``normalized_shape``, parameters of another
+            shape, or dtypes torch refuses ("mixed dtype").
+        NormTypeError: integer or boolean input.
 
     Example:
         >>> layer_norm(torch.tensor([[1.0, 3.0]]), (2,), eps=0.0)
         tensor([[-1.,  1.]])
     """
-    dims = check_normalized_shape(input, normalized_shape)
-    mean = input.mean(dim=dims, keepdim=True)  # (*, 1, ..., 1)
-    var = (input - mean).square().mean(dim=dims, keepdim=True)  # biased
-    out = (input - mean) * torch.rsqrt(var + eps)
+    dims = check_normalized_shape(input, normalized_shape, ("weight", weight), ("bias", bias))
+    check_norm_dtypes("layer_norm", input, weight, bias)
+    acc = opmath(input.dtype)
+    x = GradLayout.apply(input, torch.contiguous_format).to(acc)
+    centred = centre(x, dims)  # (*, *normalized_shape)
+    out = centred * torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+    # parameter gradients contiguous too, whatever the layout of the upstream gradient
     if weight is not None:
-        out = out * weight
+        out = out * GradLayout.apply(weight, torch.contiguous_format).to(acc)
     if bias is not None:
-        out = out + bias
-    return out
+        out = out + GradLayout.apply(bias, torch.contiguous_format).to(acc)
+    return out.to(input.dtype)
 
 
 def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
@@ -77,22 +106,43 @@ def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | No
 
         y = \\frac{x}{\\sqrt{\\mathrm{E}[x^2] + \\epsilon}} \\odot \\gamma
 
+    As in torch: float16/bfloat16 input is computed in float32 and returned in its own dtype;
+    a weight of another dtype is promoted (no "mixed dtype" error); the output is contiguous
+    unless the input's strides look channels_last; the input gradient follows the upstream
+    gradient's layout.
+
     Args:
         input: ``(*, *normalized_shape)``.
         normalized_shape: the trailing shape to normalize over.
-        weight: a ``normalized_shape`` tensor or ``None``.
-        eps: added to the mean square; ``None`` means ``torch.finfo(input.dtype).eps``.
+        weight: a ``normalized_shape`` tensor or ``None``. Default: ``None``.
+        eps: added to the mean square; ``None`` means ``torch.finfo(dtype).eps`` of the dtype
+            the statistics are computed in (float32 for float16/bfloat16 input, as torch).
             Default: ``None``.
+
+    Shape:
+        Input ``(*, *normalized_shape)``; output the same.
+
+    Raises:
+        NormError: a shape that does not end in ``normalized_shape`` or a weight of another
+            shape. NormTypeError: integer or boolean input.
 
     Example:
         >>> rms_norm(torch.tensor([[3.0, -3.0]]), (2,), eps=0.0)
         tensor([[ 1., -1.]])
     """
-    dims = check_normalized_shape(input, normalized_shape)
+    dims = check_normalized_shape(input, normalized_shape, ("weight", weight))
+    if not input.is_floating_point():
+        raise NormTypeError(f'"rms_norm" not implemented for {input.dtype}: expected a '
+                            "floating-point input; convert it first, e.g. x.float()")
+    acc = opmath(input.dtype)
     if eps is None:
-        eps = torch.finfo(input.dtype).eps
-    out = input * torch.rsqrt(input.square().mean(dim=dims, keepdim=True) + eps)
-    return out if weight is None else out * weight
+        eps = torch.finfo(acc).eps
+    channels_last = suggest_memory_format(input) != torch.contiguous_format
+    x = (input if channels_last else input.contiguous()).to(acc)
+    out = x * torch.rsqrt(x.square().mean(dim=dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight
+    return out.to(input.dtype)
 
 
 class LayerNorm(nn.Module):

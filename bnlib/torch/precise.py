@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from ._stats import channel_moments, merge_moments
 from .batchnorm import _BatchNorm
 
 __all__ = ["batch_norm_layers", "is_batch_norm", "recompute_bn_stats"]
@@ -35,24 +36,17 @@ class _PopulationMoments:
     merged batch by batch with Chan et al.'s (1982) pairwise update, in float64."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count: Tensor | None = None
         self.mean: Tensor | None = None
         self.m2: Tensor | None = None
 
     def __call__(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        x = args[0].detach().to(torch.float64)
-        x = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, N * prod(spatial))
-        n_b = x.shape[1]
-        mean_b = x.mean(dim=1)  # (C,)
-        m2_b = ((x - mean_b[:, None]) ** 2).sum(dim=1)  # (C,)
+        count_b, mean_b, m2_b = channel_moments(args[0])  # (C,) each, float64
         if self.mean is None:
-            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+            self.count, self.mean, self.m2 = count_b, mean_b, m2_b
             return
-        n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta ** 2 * (self.count * n_b / n)
-        self.count = n
+        self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2,
+                                                       count_b, mean_b, m2_b)
 
 
 @torch.no_grad()
@@ -130,4 +124,4 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], population: boo
         if stats.mean is None:  # no batch reached this layer
             continue
         bn.running_mean.copy_(stats.mean)
-        bn.running_var.copy_(stats.m2 / max(stats.count - 1, 1))
+        bn.running_var.copy_(stats.m2 / (stats.count - 1).clamp(min=1))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._errors import NormError
+from ._stats import batch_stats, momentum_factor
+from .autograd import BatchNormFunction
 from .batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from .functional import _check, batch_norm
 
@@ -78,26 +81,24 @@ def batch_renorm(input: Tensor, running_mean: Tensor, running_var: Tensor,
 
     Example:
         >>> x = torch.tensor([[1.0], [3.0]])
-        >>> batch_renorm(x, torch.zeros(1), torch.ones(1), training=True, eps=0.0)
+        >>> batch_renorm(x, torch.zeros(1), torch.ones(1), training=True, eps=1e-12)
         tensor([[1.],
                 [3.]])
     """
     if not training:
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    _check(input, running_mean, weight, training)
-    dims = [0] + list(range(2, input.dim()))
-    shape = [1, input.shape[1]] + [1] * (input.dim() - 2)
-    mean = input.mean(dim=dims)  # (C,)
-    var = (input - mean.view(shape)).square().mean(dim=dims)  # (C,) biased
-    std = torch.sqrt(var + eps)
-    r, d = renorm_correction(mean, std, running_mean, running_var, eps, r_max, d_max)
-    n = input.numel() // input.shape[1]
+    _check(input, running_mean, running_var, weight, bias, training, eps)
     with torch.no_grad():
-        running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-        running_var.mul_(1 - momentum).add_(var.detach() * (n / (n - 1)), alpha=momentum)
-    x_hat = (input - mean.view(shape)) / std.view(shape) * r.view(shape) + d.view(shape)
-    out = x_hat if weight is None else x_hat * weight.view(shape)
-    return out if bias is None else out + bias.view(shape)
+        mean, var = batch_stats(input)  # (C,) each, before the buffers are updated
+    r, d = renorm_correction(mean, torch.sqrt(var + eps), running_mean, running_var, eps,
+                             r_max, d_max)
+    # gamma (x_hat r + d) + beta is batch norm with weight gamma r and bias gamma d + beta;
+    # BatchNormFunction then updates the running statistics exactly as batch norm does.
+    scale = r if weight is None else weight * r.to(weight.dtype)
+    shift = d if weight is None else weight * d.to(weight.dtype)
+    shift = shift if bias is None else shift + bias
+    return BatchNormFunction.apply(input, scale, shift, eps, running_mean, running_var,
+                                   momentum)
 
 
 class _BatchRenorm(_BatchNorm):
@@ -106,10 +107,10 @@ class _BatchRenorm(_BatchNorm):
                  dtype=None, *, bias: bool = True, r_max: float = 3.0,
                  d_max: float = 5.0) -> None:
         if not track_running_stats:
-            raise ValueError("Batch Renormalization corrects batch statistics towards the "
+            raise NormError("Batch Renormalization corrects batch statistics towards the "
                              "running ones, so it needs track_running_stats=True")
         if r_max < 1 or d_max < 0:
-            raise ValueError(f"expected r_max >= 1 and d_max >= 0 (got r_max={r_max}, "
+            raise NormError(f"expected r_max >= 1 and d_max >= 0 (got r_max={r_max}, "
                              f"d_max={d_max})")
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype, bias=bias)
@@ -117,11 +118,7 @@ class _BatchRenorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        factor = momentum_factor(self)
         return batch_renorm(input, self.running_mean, self.running_var, self.weight,
                             self.bias, self.training, factor, self.eps, self.r_max, self.d_max)
 

@@ -9,59 +9,24 @@ this module does not, and otherwise has its constructor, ``state_dict`` keys and
 """
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._errors import NormError
+from ._stats import (channel_moments, channel_shape, merge_moments, momentum_factor,
+                     opmath_dtype, reduce_dims, update_running_stats)
 from .batchnorm import _BatchNorm
+from .functional import check_dtypes
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "launch", "merge_moments",
-           "sync_batch_norm"]
-
-
-def merge_moments(count_a: Tensor, mean_a: Tensor, m2_a: Tensor, count_b: Tensor,
-                  mean_b: Tensor, m2_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Count, mean and sum of squared deviations of the union of two sets of values, from
-    those of each set (Chan, Golub & LeVeque, 1982):
-
-    .. math::
-
-        n = n_a + n_b, \\quad \\delta = \\bar{x}_b - \\bar{x}_a, \\quad
-        \\bar{x} = \\bar{x}_a + \\delta \\frac{n_b}{n}, \\quad
-        M_2 = M_{2,a} + M_{2,b} + \\delta^2 \\frac{n_a n_b}{n}
-
-    Unlike summing ``x`` and ``x**2``, it never subtracts two large nearly equal numbers.
-
-    Args:
-        count_a, mean_a, m2_a: per-channel ``(C,)`` statistics of the first set.
-        count_b, mean_b, m2_b: the same for the second set.
-
-    Example:
-        >>> one, two = torch.tensor([1.0]), torch.tensor([2.0])
-        >>> merge_moments(one, torch.tensor([0.0]), torch.tensor([0.0]),
-        ...               two, torch.tensor([3.0]), torch.tensor([2.0]))
-        (tensor([3.]), tensor([2.]), tensor([8.]))
-    """
-    count = count_a + count_b
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / count)
-    m2 = m2_a + m2_b + delta.square() * (count_a * count_b / count)
-    return count, mean, m2
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "merge_moments", "sync_batch_norm"]
 
 
 def _global_moments(input: Tensor, group: Any) -> tuple[Tensor, Tensor, Tensor]:
     """Per-channel count, mean and biased variance of ``input`` over all processes."""
-    dims = [0] + list(range(2, input.dim()))
-    x = input.detach().to(torch.float64)
-    mean = x.mean(dim=dims)  # (C,)
-    m2 = (x - mean.view([1, -1] + [1] * (x.dim() - 2))).square().sum(dim=dims)  # (C,)
-    count = torch.full_like(mean, float(x.numel() // x.shape[1]))  # (C,)
-    local = torch.stack([count, mean, m2])  # (3, C)
+    local = torch.stack(channel_moments(input))  # (3, C): count, mean, M2 in float64
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, local, group=group)
     # Merge in rank order, so every process computes bit-identical statistics.
@@ -93,36 +58,36 @@ class SyncBatchNormFunction(torch.autograd.Function):
         count, mean, var = _global_moments(input, group)  # (C,) each, float64
         n = int(count[0])
         if n <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got "
-                             f"input size {input.size()} on each of "
-                             f"{dist.get_world_size(group)} processes")
-        if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            running_var.mul_(1 - momentum).add_((var * (n / (n - 1))).to(running_var.dtype),
-                                                alpha=momentum)
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        invstd = torch.rsqrt(var + eps).to(input.dtype)  # (C,)
-        x_hat = (input - mean.to(input.dtype).view(shape)) * invstd.view(shape)
+            raise NormError(f"Expected more than 1 value per channel when training, got "
+                            f"input size {input.size()} on each of "
+                            f"{dist.get_world_size(group)} processes")
+        update_running_stats(running_mean, running_var, mean, var, n, momentum)
+        shape = channel_shape(input.dim(), input.shape[1])
+        acc = opmath_dtype(input.dtype)
+        invstd = torch.rsqrt(var + eps).to(acc)  # (C,)
+        x_hat = (input.to(acc) - mean.to(acc).view(shape)) * invstd.view(shape)
         ctx.save_for_backward(x_hat, invstd, weight)
-        ctx.group, ctx.count = group, n
-        out = x_hat if weight is None else x_hat * weight.view(shape)
-        return out if bias is None else out + bias.view(shape)
+        ctx.group, ctx.count, ctx.dtype = group, n, input.dtype
+        out = x_hat if weight is None else x_hat * weight.to(acc).view(shape)
+        out = out if bias is None else out + bias.to(acc).view(shape)
+        return out.to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         x_hat, invstd, weight = ctx.saved_tensors
-        dims = [0] + list(range(2, grad_output.dim()))
-        shape = [1, -1] + [1] * (grad_output.dim() - 2)
+        dims = reduce_dims(grad_output.dim())
+        shape = channel_shape(grad_output.dim(), grad_output.shape[1])
+        grad_output = grad_output.to(x_hat.dtype)
         sum_dy = grad_output.sum(dim=dims)  # (C,) local
         sum_dy_xhat = (grad_output * x_hat).sum(dim=dims)  # (C,) local
         sums = torch.stack([sum_dy, sum_dy_xhat])  # (2, C)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=ctx.group)  # global sums
         mean_dy, mean_dy_xhat = sums / ctx.count
-        scale = invstd if weight is None else invstd * weight  # (C,)
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)  # (C,)
         grad_input = scale.view(shape) * (grad_output - mean_dy.view(shape)
                                           - x_hat * mean_dy_xhat.view(shape))
-        grad_weight = sum_dy_xhat if weight is not None else None
+        grad_input = grad_input.to(ctx.dtype)
+        grad_weight = sum_dy_xhat.to(weight.dtype) if weight is not None else None
         grad_bias = sum_dy if ctx.needs_input_grad[2] else None
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
@@ -181,7 +146,7 @@ class SyncBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+            raise NormError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def _world_size(self) -> int:
         if not (dist.is_available() and dist.is_initialized()):
@@ -194,14 +159,11 @@ class SyncBatchNorm(_BatchNorm):
             return super().forward(input)  # local batch norm, as torch falls back
         self._check_input_dim(input)
         if input.shape[1] != self.num_features:
-            raise ValueError(f"expected input with {self.num_features} channels (got "
+            raise NormError(f"expected input with {self.num_features} channels (got "
                              f"{input.shape[1]} channels in input of shape "
                              f"{tuple(input.shape)})")
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        check_dtypes(input, self.weight, self.bias, self.running_mean, self.running_var)
+        factor = momentum_factor(self)
         return sync_batch_norm(input, self.running_mean if self.track_running_stats else None,
                                self.running_var if self.track_running_stats else None,
                                self.weight, self.bias, factor, self.eps, self.process_group)
@@ -232,42 +194,3 @@ class SyncBatchNorm(_BatchNorm):
         for name, child in module.named_children():
             output.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         return output
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple,
-            out_dir: str) -> None:
-    torch.set_num_threads(1)  # one core per process; the processes run side by side
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
-    try:
-        result = fn(rank, world_size, *args)
-        torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def launch(fn: Callable, world_size: int = 2, *args: Any) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh CPU processes joined by a
-    gloo process group on 127.0.0.1, and return their results in rank order.
-
-    ``fn`` must be importable by name (defined in a module, not in a notebook), and its
-    result must be saveable with ``torch.save``.
-
-    Example:
-        >>> import operator
-        >>> launch(operator.mul, 2)  # rank * world_size in each process
-        [0, 2]
-    """
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world_size, _free_port(), fn, args, out_dir),
-                 nprocs=world_size, join=True)
-        return [torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
-                for r in range(world_size)]

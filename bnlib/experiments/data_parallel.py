@@ -1,22 +1,65 @@
-"""Data-parallel training on CPU processes: gradient averaging, and the experiment that
-compares per-process batch norm with synchronized batch norm as the per-process batch shrinks.
+"""Data-parallel training on CPU processes: a launcher for a gloo process group, gradient
+averaging, and the experiment that compares per-process batch norm with synchronized batch
+norm (:class:`bnlib.torch.SyncBatchNorm`) as the per-process batch shrinks.
 
-Run the experiment with :func:`bnlib.torch.sync.launch`, e.g.
+Run the experiment with :func:`launch`, e.g.
 ``launch(compare_local_and_sync_bn, 2, (2, 4, 8), (0, 1, 2), 200)``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+import socket
+import tempfile
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .sync import SyncBatchNorm
+from bnlib.torch.sync import SyncBatchNorm
 
-__all__ = ["average_gradients", "compare_local_and_sync_bn", "normalization_error", "sync_bn_demo",
-           "train_data_parallel"]
+__all__ = ["average_gradients", "compare_local_and_sync_bn", "launch", "normalization_error",
+           "sync_bn_demo", "train_data_parallel"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple,
+            out_dir: str) -> None:
+    torch.set_num_threads(1)  # one core per process; the processes run side by side
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(fn: Callable, world_size: int = 2, *args: Any) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh CPU processes joined by a
+    gloo process group on 127.0.0.1, and return their results in rank order.
+
+    ``fn`` must be importable by name (defined in a module, not in a notebook), and its
+    result must be saveable with ``torch.save``.
+
+    Example:
+        >>> import operator
+        >>> launch(operator.mul, 2)  # rank * world_size in each process
+        [0, 2]
+    """
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_worker, args=(world_size, _free_port(), fn, args, out_dir),
+                 nprocs=world_size, join=True)
+        return [torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
+                for r in range(world_size)]
 
 
 def average_gradients(model: nn.Module, group: Any = None) -> None:
@@ -61,7 +104,7 @@ def compare_local_and_sync_bn(rank: int, world_size: int, per_process_batches: S
                               ) -> dict[tuple[str, int, int], float]:
     """Test accuracy on the digits of an MLP with batch norm trained data-parallel, with
     per-process ("local") and with synchronized statistics, for each per-process batch size
-    and seed. Meant to run in every process of a group (see :func:`bnlib.torch.sync.launch`).
+    and seed. Meant to run in every process of a group (see :func:`launch`).
 
     Returns:
         ``{(mode, per_process_batch, seed): test accuracy}`` with ``mode`` ``"local"`` or
@@ -99,7 +142,7 @@ def normalization_error(rank: int, world_size: int, per_process_batches: Sequenc
     ``draws`` global batches of ``W * b`` rows shared out between the processes, it records
     the root-mean-square difference between the batch-normalized rows of this process and
     ``(h - mu) / sigma`` with the statistics of all training rows. Meant to run in every
-    process of a group (see :func:`bnlib.torch.sync.launch`).
+    process of a group (see :func:`launch`).
 
     Returns:
         ``{(mode, b): RMS error}``, ``mode`` ``"local"`` or ``"sync"``; no ``"local"`` entry
