@@ -49,9 +49,7 @@ NOT_YET_COMPLIANT = {
     # equations wider than a phone.
     ("06b_api_reference", "code-width"), ("06b_api_reference", "phone-width"),
     ("07_summary_and_future", "install-cell"), ("07_summary_and_future", "code-width"),
-    ("07_summary_and_future", "figures"),
     ("07b_beyond_batch_norm", "install-cell"), ("07b_beyond_batch_norm", "code-width"),
-    ("07b_beyond_batch_norm", "figures"),
     ("08_faq", "hidden-glue"), ("08_faq", "line-length"), ("08_faq", "install-cell"),
     ("08_faq", "code-width"),
     ("09_performance", "hidden-glue"), ("09_performance", "line-length"),
