@@ -123,7 +123,7 @@ class CorrectedBatchNorm1d(nn.Module):
     and updates the running statistics, without autograd history, with the unbiased
     :math:`\\frac{n}{n-1}\\sigma_B^2`, as ``torch.nn`` does (normalizing with the
     unbiased variance instead, as the naive module and makemore do, is a design choice:
-    :mod:`bnlib.experiments.bessel`). Short, for reading: :class:`bnlib.torch.BatchNorm1d`
+    ``bnlib.experiments.bessel``). Short, for reading: :class:`bnlib.torch.BatchNorm1d`
     is the complete drop-in (``momentum=None``, ``affine``, ``track_running_stats``,
     dtypes, speed).
 
@@ -398,7 +398,7 @@ CHECKS: tuple[Callable[[ModuleClass], CheckResult], ...] = (
 )
 
 
-#: For each check: what a module that passes does, and a hint for one that fails.
+#: What a module that passes each check does, and a hint for one that fails it.
 DEFECTS: dict[str, tuple[str, str]] = {
     "normalizes_with_biased_variance": (
         "normalizes with the biased variance, as torch.nn (a choice)",
