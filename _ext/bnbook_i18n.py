@@ -6,7 +6,9 @@
   loads the catalogs, so setting it when the configuration is read is enough, and the book has
   one ``_config.yml`` for both editions.
 * Every page links to its twin in the other edition (sphinx-book-theme has no language
-  switcher), at the top of the article.
+  switcher), at the top of the article, when ``BNBOOK_TWIN_LINKS=1`` says both editions are
+  built (``scripts/book`` sets it).
+* The API reference's docstrings stay English in both editions (one source: the code).
 * Each Chinese page says how much of its text is translated: untranslated and stale ("fuzzy")
   messages show the current English, so a reader is never shown an outdated translation.
 """
@@ -125,6 +127,18 @@ def lint(root: Path = Path(".")) -> list[str]:
     return problems
 
 
+def _keep_api_docs_in_english(app, doctree) -> None:
+    """Docstrings rendered by autodoc (the API reference) are code documentation with one
+    source, the code: they are not extracted for translation and stay English in both
+    editions. The API page's own prose is translated like any other page."""
+    from docutils import nodes
+    from sphinx import addnodes
+
+    for desc in doctree.findall(addnodes.desc):
+        for node in desc.findall(nodes.TextElement):
+            node["translatable"] = False
+
+
 def _twin_link(app, pagename: str) -> str:
     up = "../" * pagename.count("/")
     if _language(app) == "en":
@@ -149,8 +163,14 @@ def _progress_note(app, pagename: str) -> str:
 def _page_context(app, pagename, templatename, context, doctree) -> None:
     if doctree is None or "body" not in context:
         return
+    # scripts/book builds both editions and sets BNBOOK_TWIN_LINKS=1; a plain build of one
+    # edition has no twin to link to.
+    twin = _twin_link(app, pagename) if os.environ.get("BNBOOK_TWIN_LINKS") == "1" else ""
+    note = _progress_note(app, pagename)
+    if not (twin or note):
+        return
     banner = (f'<div class="bnbook-language" role="navigation" aria-label="language">'
-              f'{_twin_link(app, pagename)}{_progress_note(app, pagename)}</div>')
+              f'{twin}{note}</div>')
     context["body"] = banner + context["body"]
 
 
@@ -198,6 +218,7 @@ def setup(app):
     app.add_config_value("bnbook_titles", {}, "html")
     app.connect("config-inited", _config_inited)
     app.connect("html-page-context", _page_context)
+    app.connect("doctree-read", _keep_api_docs_in_english)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
