@@ -176,8 +176,9 @@ def plot_roofline(ax, bandwidth: float, peak: float, points: Sequence[dict],
     for p in points:
         filled = p.get("filled", True)
         color = p.get("color")
-        ax.plot(p["intensity"], p["rate"] / 1e9, p.get("marker", "o"), ms=9, color=color,
-                markerfacecolor=color if filled else "none", markeredgewidth=1.5,
+        ax.plot(p["intensity"], p["rate"] / 1e9, p.get("marker", "o"), ms=8, color=color,
+                markerfacecolor=color if filled else "none", markeredgewidth=1,
+                markeredgecolor="k" if filled else color, alpha=0.85,
                 label=p["label"], linestyle="none")
     rates = [p["rate"] / 1e9 for p in points] + [peak / 1e9]
     ax.set_xlim(*intensity_range)

@@ -167,13 +167,15 @@ def check_lean_forward(fn: Callable, tol: float = 1e-4,
     if worst_err > tol:
         return CheckResult("lean_forward", False,
                            f"FAILED: largest |yours - torch| {worst_err:.1e} (tolerance "
-                           f"{tol:.0e}) over shapes {over}", worst_peak)
+                           f"{tol:.0e}) over shapes\n        {over}", worst_peak)
     if worst_peak >= max_allocated:
         return CheckResult("lean_forward", False,
-                           f"FAILED: right values, but it allocated {worst_peak:.1f} times "
-                           f"the input's size at its peak (limit {max_allocated} x)",
+                           f"FAILED: right values, but its peak allocation was "
+                           f"{worst_peak:.1f} x the input's size\n"
+                           f"        (limit {max_allocated} x): make no full-size temporary",
                            worst_peak)
     return CheckResult("lean_forward", True,
-                       f"PASSED: largest |yours - torch| < {tol:.0e} over shapes {over}, "
-                       f"written into out, peak allocation below {max_allocated} x the "
-                       "input's size", worst_peak)
+                       f"PASSED: largest |yours - torch| < {tol:.0e} over shapes\n"
+                       f"        {over};\n"
+                       f"        written into out, peak allocation below {max_allocated} x "
+                       "the input's size", worst_peak)

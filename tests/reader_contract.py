@@ -52,7 +52,6 @@ NOT_YET_COMPLIANT = {
     ("07b_beyond_batch_norm", "install-cell"), ("07b_beyond_batch_norm", "code-width"),
     ("08_faq", "hidden-glue"), ("08_faq", "line-length"), ("08_faq", "install-cell"),
     ("08_faq", "code-width"),
-    ("09_performance", "hidden-glue"), ("09_performance", "line-length"),
     ("09_performance", "install-cell"), ("09_performance", "code-width"),
     ("09_performance", "figures"),
 }
