@@ -128,15 +128,48 @@ def lint(root: Path = Path(".")) -> list[str]:
 
 
 def _keep_api_docs_in_english(app, doctree) -> None:
-    """Docstrings rendered by autodoc (the API reference) are code documentation with one
-    source, the code: they are not extracted for translation and stay English in both
-    editions. The API page's own prose is translated like any other page."""
+    """Docstrings rendered by autodoc (the API reference: module, class and function
+    docstrings) are code documentation with one source, the code: they are not extracted for
+    translation and stay English in both editions. The API page's own prose is translated like
+    any other page."""
     from docutils import nodes
     from sphinx import addnodes
 
     for desc in doctree.findall(addnodes.desc):
         for node in desc.findall(nodes.TextElement):
             node["translatable"] = False
+    for node in doctree.findall(nodes.TextElement):
+        if ":docstring of " in (node.source or ""):
+            node["translatable"] = False
+
+
+def _toc_caption_transform():
+    """A transform that translates the table of contents' part captions ("The book",
+    "Appendices"): sphinx-external-toc inserts the toctrees after Sphinx has translated the
+    page, so their captions would stay English. They are messages of the root page's catalog."""
+    from pathlib import Path as _Path
+
+    from sphinx import addnodes, locale
+    from sphinx.transforms import SphinxTransform
+    from sphinx.util.i18n import docname_to_domain
+
+    class TranslateTocCaptions(SphinxTransform):
+        default_priority = 990  # after sphinx-external-toc's InsertToctrees
+
+        def apply(self, **kwargs) -> None:
+            if (self.config.language or "en") == "en":
+                return
+            domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
+            dirs = [str(_Path(self.env.srcdir) / d) for d in self.config.locale_dirs]
+            catalog, found = locale.init(dirs, self.config.language, domain)
+            if not found:
+                return
+            for toctree in self.document.findall(addnodes.toctree):
+                caption = toctree.get("caption")
+                if caption and catalog.gettext(caption) != caption:
+                    toctree["caption"] = catalog.gettext(caption)
+
+    return TranslateTocCaptions
 
 
 def _twin_link(app, pagename: str) -> str:
@@ -219,6 +252,7 @@ def setup(app):
     app.connect("config-inited", _config_inited)
     app.connect("html-page-context", _page_context)
     app.connect("doctree-read", _keep_api_docs_in_english)
+    app.add_transform(_toc_caption_transform())
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
