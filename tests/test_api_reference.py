@@ -1,0 +1,67 @@
+"""chapters/06b_api_reference.md documents every public module of bnlib.
+
+A module is public when no part of its dotted name starts with an underscore. It must have
+its own ``automodule`` directive in 06b, unless every name of its ``__all__`` is also in its
+parent package's ``__all__`` (then the package's directive documents it). Modules are found
+on disk and their ``__all__`` read with ``ast``, so the check imports nothing.
+"""
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "chapters" / "06b_api_reference.md"
+
+
+def _all_names(path: Path) -> set[str] | None:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                return set(ast.literal_eval(node.value))
+    return None
+
+
+def public_modules() -> dict[str, Path]:
+    """``{dotted name: file}`` of every public module and package of bnlib."""
+    out = {}
+    for path in sorted((ROOT / "bnlib").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if any(p.startswith("_") for p in parts) or "__pycache__" in path.parts:
+            continue
+        out[".".join(parts)] = path
+    return out
+
+
+def needs_own_entry(name: str, modules: dict[str, Path]) -> bool:
+    parent = name.rpartition(".")[0]
+    if not parent:  # bnlib itself: its contents are the packages below
+        return False
+    if modules[name].name == "__init__.py":
+        return True
+    names, parent_names = _all_names(modules[name]), _all_names(modules[parent])
+    return not (names and parent_names and names <= parent_names)
+
+
+def documented() -> list[str]:
+    return re.findall(r"^\.\. automodule:: ([\w.]+)\s*$", PAGE.read_text(encoding="utf-8"),
+                      flags=re.M)
+
+
+def test_every_public_module_is_documented_once_and_nothing_else():
+    modules = public_modules()
+    listed = documented()
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    required = {name for name in modules if needs_own_entry(name, modules)}
+    assert not required - set(listed), f"06b lacks {sorted(required - set(listed))}"
+    assert not set(listed) - set(modules), f"06b lists missing modules {sorted(set(listed) - set(modules))}"
+
+
+def test_the_rule_sees_reexports_and_private_modules():
+    modules = public_modules()
+    assert "bnlib.experiments.protocol" in modules and "bnlib.checks" in modules
+    assert not any(name.rpartition(".")[2].startswith("_") for name in modules)
+    assert not needs_own_entry("bnlib.experiments.data", modules)  # re-exported
+    assert needs_own_entry("bnlib.experiments.protocol", modules)
