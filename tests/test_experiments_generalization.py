@@ -131,3 +131,42 @@ def test_stack_shapes_and_checks(split, short_runs):
     other = run([cnn_arm("none", eval_every=5)], split, steps=10, seeds=(0, 1), lr=0.1)
     with pytest.raises(ValueError, match="same steps"):
         stack([short_runs.histories["none"][0], *other.histories["none"]])
+
+
+def test_precise_eval_evaluates_with_recomputed_statistics_and_leaves_training_alone(split):
+    import copy
+
+    from bnlib.experiments.generalization import PreciseEval
+    from bnlib.experiments.train import accuracy
+    from bnlib.torch import recompute_bn_stats
+
+    def fit(on_step):
+        torch.manual_seed(3)
+        model = small_cnn("batch", channels=4)
+        h = train(model, split, 30, lr=1.0, momentum=0.9, eval_every=10, on_step=on_step,
+                  train_accuracy=False)
+        return h, model
+
+    snapshots = {}
+
+    def snapshot(step, model):  # what the evaluation at this step should see
+        if step % 10 == 0:
+            precise = copy.deepcopy(model)
+            recompute_bn_stats(precise, split.x_train.split(60))
+            snapshots[step] = (accuracy(precise, split.x_val, split.y_val),
+                               accuracy(model, split.x_val, split.y_val))
+
+    plain_h, plain_model = fit(snapshot)
+    precise = PreciseEval(split, steps=30, eval_every=10)
+    h, model = fit(precise)
+    # training and the running averages it keeps are those of a run without PreciseEval
+    # (the last step's recomputed statistics aside: restore happens at the next step)
+    for p, q in zip(plain_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+    # the evaluations used precise statistics; ema_val has what the averages gave
+    assert h.val_accuracy[1:] == [snapshots[s][0] for s in (10, 20, 30)]
+    assert precise.ema_val[0] == [snapshots[s][1] for s in (10, 20, 30)]
+    assert plain_h.val_accuracy[1:] == precise.ema_val[0]
+    assert len(precise.ema_test) == 1
+    with pytest.raises(ValueError, match="eval_every"):
+        PreciseEval(split, steps=10, eval_every=0)

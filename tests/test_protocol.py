@@ -234,3 +234,44 @@ def test_run_checks_its_arguments():
         run(_arms(), SPLIT, 5, lr={"none": 0.1})
     with pytest.raises(ValueError, match="runner sets"):
         Arm("x", mlp, train_kwargs={"lr": 0.1})
+
+
+def test_interval_text_uses_to_and_clips_to_the_range():
+    iv = interval([0.80, 0.97, 0.98])
+    assert iv.text(scale=100) == f"92 (95% CI {100 * iv.low:.0f} to {100 * iv.high:.0f})"
+    assert iv.text(scale=100, bounds=(0, 100)).endswith(" to 100, clipped)")
+    assert interval([0.91, 0.93, 0.95]).text(scale=100, bounds=(0, 100)) == \
+        "93 (95% CI 88 to 98)"  # inside the range: not clipped
+    assert interval([-0.1, 0.2, 0.3]).text() == "0.1 (95% CI -0.4 to 0.7)"
+    assert interval([-0.1, 0.2, 0.3]).text(bounds=(0, 1)) == "0.1 (95% CI 0.0 to 0.7, clipped)"
+    with pytest.raises(ValueError, match="bounds"):
+        iv.text(bounds=(1, 0))
+    assert str(iv) == iv.format()  # the default format is unchanged
+
+
+def test_choose_lr_tie_lower_bound_prefers_the_rate_that_works_on_every_seed(monkeypatch):
+    # 0.316: best mean, but seed 2 fails; 0.1: slightly lower mean, tight; both overlap.
+    table = {1e-3: [.5, .5, .5], 10 ** -2.5: [.6, .6, .6], 0.01: [.7, .71, .7],
+             10 ** -1.5: [.8, .81, .8], 0.1: [.95, .96, .95], 10 ** -0.5: [.99, .99, .89],
+             1.0: [.9, .5, .9], 10 ** 0.5: [.3, .3, .3], 10.0: [.1, .1, .1]}
+
+    def fake_fit(self, split, steps, lr, seed, test=True):
+        acc = next(v for k, v in table.items() if math.isclose(k, lr))[seed]
+        h = History(steps=[0, steps], train_loss=[math.nan, 1.0], train_accuracy=[0.1, acc],
+                    val_accuracy=[0.1, acc], eval_every=1)
+        return h, nn.Linear(1, 1)
+
+    monkeypatch.setattr(Arm, "fit", fake_fit)
+    by_mean = choose_lr(_toy_arm(1), SPLIT, steps=10)
+    assert by_mean.lr == pytest.approx(10 ** -0.5)
+    by_bound = choose_lr(_toy_arm(1), SPLIT, steps=10, tie="lower_bound")
+    assert by_bound.lr == pytest.approx(0.1)
+    assert by_bound.scores[0.1].overlaps(by_bound.scores[10 ** -0.5])
+    # a rate that does not overlap the best is never chosen, however tight
+    table[10 ** -1.5] = [.80, .80, .80]
+    assert choose_lr(_toy_arm(1), SPLIT, steps=10, tie="lower_bound").lr == pytest.approx(0.1)
+    # the chosen rate must lie inside the grid too
+    with pytest.raises(EdgeOfGridError):
+        choose_lr(_toy_arm(1), SPLIT, steps=10, grid=LR_GRID[4:7], tie="lower_bound")
+    with pytest.raises(ValueError, match="tie"):
+        choose_lr(_toy_arm(1), SPLIT, steps=10, tie="median")

@@ -16,6 +16,12 @@ statistics), as a gap in accuracy and as a gap in cross-entropy:
     \qquad
     \text{gap}_{\text{loss}} = L_{\text{test}} - L_{\text{train}}.
 
+Evaluation mode uses the running averages kept during training. At a high learning rate
+the weights move quickly, the averages lag behind them, and a well-trained network can
+evaluate badly. :class:`PreciseEval` recomputes the statistics with the current weights
+before every evaluation (precise statistics, Wu & Johnson 2021) and records what the
+running averages as trained would have given.
+
 A gap compared between two networks means little unless both fit their training set
 equally well. :class:`MatchedFit` records the gap of each run at the first check where its
 training cross-entropy (evaluation mode, whole training set) is at most a threshold, so
@@ -24,19 +30,22 @@ both arms are compared at the same training loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlib.torch.precise import batch_norm_layers, recompute_bn_stats
+
 from .data import Split
 from .models import small_cnn
 from .protocol import Arm
 from .train import History, accuracy
 
-__all__ = ["FitRecord", "Gap", "MatchedFit", "cnn_arm", "measure_gap", "stack"]
+__all__ = ["FitRecord", "Gap", "MatchedFit", "PreciseEval", "cnn_arm", "measure_gap",
+           "stack"]
 
 
 @dataclass(frozen=True)
@@ -177,8 +186,96 @@ class MatchedFit:
         return list(self.records)  # type: ignore[arg-type]
 
 
+@dataclass
+class PreciseEval:
+    """An ``on_step`` callback for :func:`~bnlib.experiments.train` that evaluates with
+    precise batch-norm statistics.
+
+    Just before each evaluation of :func:`~bnlib.experiments.train` (every ``eval_every``
+    steps and at step ``steps``) it
+
+    1. records the validation accuracy with the running averages as trained in
+       ``ema_val`` (and, at step ``steps``, the test accuracy in ``ema_test``);
+    2. recomputes every batch-norm layer's statistics over the training set in batches of
+       ``batch_size`` with the current weights
+       (:func:`bnlib.torch.recompute_bn_stats`), so that the evaluation that follows
+       uses them;
+    3. puts the running averages of training back before the next training step, so that
+       training, and the averages it keeps, are exactly those of a run without it.
+
+    A model without batch norm evaluates identically either way. ``then`` (e.g. a
+    :class:`MatchedFit`) is called after, and so measures with the precise statistics.
+    A run starts when the callback sees step 1; ``ema_val[i]`` belongs to run ``i``.
+
+    Args:
+        split: the data (training set for the statistics).
+        steps: the run's number of steps.
+        eval_every: the run's evaluation interval.
+        batch_size: batch size of the recomputation. Default: ``60``.
+        then: another callback, called after this one. Default: ``None``.
+
+    Example:
+        >>> from bnlib.experiments import load_digits_split, train
+        >>> split = load_digits_split(images=True)
+        >>> precise = PreciseEval(split, steps=10, eval_every=5)
+        >>> _ = torch.manual_seed(0)
+        >>> h = train(small_cnn("batch", channels=4), split, 10, on_step=precise,
+        ...           eval_every=5)
+        >>> len(precise.ema_val[0]), len(precise.ema_test)
+        (2, 1)
+    """
+
+    split: Split
+    steps: int
+    eval_every: int
+    batch_size: int = 60
+    then: Callable[[int, nn.Module], None] | None = None
+    ema_val: list[list[float]] = field(default_factory=list)
+    ema_test: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.eval_every < 1 or self.batch_size < 2:
+            raise ValueError(f"expected steps >= 1, eval_every >= 1, batch_size >= 2 (got "
+                             f"{self.steps}, {self.eval_every}, {self.batch_size})")
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if step == 1:
+            self.ema_val.append([])
+        if not self.ema_val:
+            raise RuntimeError("PreciseEval saw a run that did not start at step 1")
+        if step % self.eval_every == 0 or step == self.steps:
+            split = self.split
+            self.ema_val[-1].append(accuracy(model, split.x_val, split.y_val))
+            if step == self.steps:
+                self.ema_test.append(accuracy(model, split.x_test, split.y_test))
+            self._recompute(model)
+        if self.then is not None:
+            self.then(step, model)
+
+    def _recompute(self, model: nn.Module) -> None:
+        layers = [m for m in batch_norm_layers(model) if m.track_running_stats]
+        if not layers:
+            return
+        kept = {m: [b.detach().clone() for b in self._buffers(m)] for m in layers}
+        recompute_bn_stats(model, self.split.x_train.split(self.batch_size))
+
+        def restore(module: nn.Module, args: tuple) -> None:
+            if module.training:  # the next training step: the averages of training back
+                with torch.no_grad():
+                    for buf, old in zip(self._buffers(module), kept[module]):
+                        buf.copy_(old)
+                handles.pop(module).remove()
+
+        handles = {m: m.register_forward_pre_hook(restore) for m in layers}
+
+    @staticmethod
+    def _buffers(module: nn.Module) -> list[Tensor]:
+        return [module.running_mean, module.running_var, module.num_batches_tracked]
+
+
 def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int = 25,
-            init: str = "auto", name: str | None = None, **train_kwargs) -> Arm:
+            init: str = "auto", name: str | None = None,
+            dtype: torch.dtype = torch.float32, **train_kwargs) -> Arm:
     """The small CNN (:func:`~bnlib.experiments.small_cnn`) as a protocol
     ``bnlib.experiments.protocol.Arm``, trained with SGD and momentum.
 
@@ -190,6 +287,9 @@ def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int
         init: ``"auto"`` (Kaiming normal for the ReLU blocks) or ``"default"``
             (PyTorch's). Default: ``"auto"``.
         name: the arm's name. Default: ``norm``.
+        dtype: the model's floating dtype; ``torch.float64`` (with inputs from
+            :func:`~bnlib.experiments.precision.double_split`) makes runs reproduce on
+            other CPU kernels. Default: ``torch.float32``.
         **train_kwargs: more arguments for :func:`~bnlib.experiments.train`
             (``on_step``, ``train_accuracy``, ...).
 
@@ -197,7 +297,8 @@ def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int
         >>> cnn_arm("batch").name, cnn_arm("none", name="plain").name
         ('batch', 'plain')
     """
-    return Arm(name or norm, lambda: small_cnn(norm, channels=channels, init=init),
+    return Arm(name or norm,
+               lambda: small_cnn(norm, channels=channels, init=init).to(dtype),
                train_kwargs={"momentum": momentum, "eval_every": eval_every, **train_kwargs})
 
 

@@ -111,6 +111,35 @@ class Interval:
         m, lo, hi = (f"{v * scale:.{digits}f}" for v in (self.mean, self.low, self.high))
         return f"{m} ({self.level:.0%} CI {lo}-{hi})"
 
+    def text(self, digits: int | None = None, scale: float = 1.0,
+             bounds: tuple[float, float] | None = None) -> str:
+        """``"93.7 (95% CI 92.7 to 94.7)"``: as :meth:`format`, but the interval's ends are
+        joined by "to", which a negative end cannot make ambiguous, and with ``bounds``
+        (the quantity's range, in scaled units, e.g. ``(0, 100)`` for percent) an end past
+        the range is clipped to it and marked: ``"94 (95% CI 85 to 100, clipped)"``. A
+        clipped interval says the Student-t interval does not describe these values well
+        (an outlier among few seeds): report the values themselves too.
+
+        Example:
+            >>> interval([0.80, 0.97, 0.98]).text(scale=100, bounds=(0, 100))
+            '92 (95% CI 67 to 100, clipped)'
+            >>> interval([-0.1, 0.2, 0.3]).text()
+            '0.1 (95% CI -0.4 to 0.7)'
+        """
+        if digits is None:
+            digits = Interval(self.mean * scale, self.low * scale, self.high * scale,
+                              self.n, self.values, self.level).digits()
+        lo, hi = self.low * scale, self.high * scale
+        clipped = False
+        if bounds is not None:
+            if not bounds[0] < bounds[1]:
+                raise ValueError(f"expected bounds (low, high) with low < high (got {bounds})")
+            clipped = lo < bounds[0] or hi > bounds[1]
+            lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+        m, lo, hi = (f"{v:.{digits}f}" for v in (self.mean * scale, lo, hi))
+        mark = ", clipped" if clipped else ""
+        return f"{m} ({self.level:.0%} CI {lo} to {hi}{mark})"
+
     def __str__(self) -> str:
         return self.format()
 
@@ -303,8 +332,8 @@ class LrChoice:
     models: list[nn.Module] = field(default_factory=list, repr=False)
 
     def usable(self) -> list[float]:
-        """Learning rates whose validation interval overlaps the best one's (no measurable
-        difference from the best), in grid order."""
+        """Learning rates whose validation interval overlaps the chosen one's (no measurable
+        difference from it), in grid order."""
         best = self.scores[self.lr]
         return [lr for lr, s in self.scores.items() if s is not None and s.overlaps(best)]
 
@@ -314,13 +343,22 @@ class LrChoice:
 
 
 def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 2),
-              grid: Sequence[float] = LR_GRID, metric: str = "val_accuracy") -> LrChoice:
+              grid: Sequence[float] = LR_GRID, metric: str = "val_accuracy",
+              tie: str = "mean") -> LrChoice:
     """Train ``arm`` at every learning rate of ``grid`` and seed, and choose the learning
     rate with the best mean ``metric`` on validation (test is never touched).
 
     Raises :class:`EdgeOfGridError` when the best learning rate is the first or the last
     of the grid: the optimum may lie outside it. Ties go to the tied learning rate in the
     middle of the tied ones.
+
+    ``tie`` says what to do with learning rates that are indistinguishable from the best
+    (their intervals overlap the best one's, :meth:`LrChoice.usable`): ``"mean"`` keeps
+    the best mean; ``"lower_bound"`` chooses, among them, the one whose interval has the
+    best worst-case end (the highest lower bound; the lowest upper bound for losses and
+    steps), so that a rate whose mean is carried by some seeds while another seed fails
+    loses to a rate that works on every seed. Either way the best mean and the chosen
+    rate must lie strictly inside the grid.
 
     Args:
         arm: the configuration.
@@ -330,6 +368,7 @@ def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 
         grid: increasing learning rates, a contiguous slice of :data:`LR_GRID` unless the
             question needs otherwise. Default: :data:`LR_GRID`.
         metric: see :func:`metric_value`. Default: ``"val_accuracy"`` (final).
+        tie: ``"mean"`` or ``"lower_bound"``, see above. Default: ``"mean"``.
 
     Example:
         >>> from bnlib.experiments import load_digits_split, mlp
@@ -340,6 +379,8 @@ def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 
     """
     if split.x_val is None:
         raise ValueError("choose_lr needs a validation set: load_digits_split(val_fraction>0)")
+    if tie not in ("mean", "lower_bound"):
+        raise ValueError(f"expected tie 'mean' or 'lower_bound' (got {tie!r})")
     grid = tuple(float(g) for g in grid)
     if len(grid) < 3 or any(b <= a for a, b in zip(grid, grid[1:])):
         raise ValueError(f"expected an increasing grid of at least 3 learning rates (got {grid})")
@@ -362,12 +403,21 @@ def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 
     best_value = max(sign * scores[lr].mean for lr in valid)
     tied = [lr for lr in valid if sign * scores[lr].mean == best_value]
     best = tied[(len(tied) - 1) // 2]
-    if best in (grid[0], grid[-1]):
-        end = "lowest" if best == grid[0] else "highest"
-        raise EdgeOfGridError(
-            f"arm {arm.name!r}: the best learning rate {best:g} ({metric} {scores[best]}) is "
-            f"the {end} of the grid, so the optimum may lie outside it: widen the grid")
-    return LrChoice(best, scores, grid, metric, histories, models[best])
+    candidates = [best]
+    if tie == "lower_bound":
+        same = [lr for lr in valid if scores[lr].overlaps(scores[best])]
+        worst_end = {lr: -scores[lr].high if lower else scores[lr].low for lr in same}
+        top = max(worst_end.values())
+        ends = [lr for lr in same if worst_end[lr] == top]
+        candidates.append(ends[(len(ends) - 1) // 2])
+    for lr in candidates:
+        if lr in (grid[0], grid[-1]):
+            end = "lowest" if lr == grid[0] else "highest"
+            raise EdgeOfGridError(
+                f"arm {arm.name!r}: the best learning rate {lr:g} ({metric} {scores[lr]}) "
+                f"is the {end} of the grid, so the optimum may lie outside it: widen the grid")
+    chosen = candidates[-1]
+    return LrChoice(chosen, scores, grid, metric, histories, models[chosen])
 
 
 # --------------------------------------------------------------------------- results
