@@ -50,8 +50,6 @@ NOT_YET_COMPLIANT = {
     ("06b_api_reference", "code-width"), ("06b_api_reference", "phone-width"),
     ("07_summary_and_future", "install-cell"), ("07_summary_and_future", "code-width"),
     ("07b_beyond_batch_norm", "install-cell"), ("07b_beyond_batch_norm", "code-width"),
-    ("08_faq", "hidden-glue"), ("08_faq", "line-length"), ("08_faq", "install-cell"),
-    ("08_faq", "code-width"),
     ("09_performance", "install-cell"),
 }
 
