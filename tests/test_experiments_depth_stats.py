@@ -145,3 +145,37 @@ def test_post_activation_std_measures_dependence_on_the_input_only():
                        np.ones(2))
     np.testing.assert_allclose(stats.post_activation_std(), [0.0, (2 ** 0.5 + 8 ** 0.5) / 2],
                                rtol=1e-6)
+
+
+def test_centred_sigmoid_is_sigmoid_minus_half_and_removes_the_offset_shrinkage():
+    from bnlib.experiments.depth_stats import CentredSigmoid
+
+    z = torch.linspace(-8, 8, 33, dtype=torch.float64)
+    torch.testing.assert_close(CentredSigmoid()(z), torch.sigmoid(z) - 0.5, rtol=0, atol=0)
+    torch.testing.assert_close(CentredSigmoid()(z), torch.tanh(z / 2) / 2)
+    centred = depth_stats("centred_sigmoid", "none", init="auto", split=SPLIT)
+    plain = depth_stats("sigmoid", "none", init="auto", split=SPLIT)
+    # same initialization draw (same seed), only the nonlinearity's offset differs
+    assert centred.activation == "sigmoid"
+    for z_c, a_c in zip(centred.pre_activation, centred.post_activation):
+        torch.testing.assert_close(a_c, torch.sigmoid(z_c) - 0.5, rtol=0, atol=0)
+    torch.testing.assert_close(centred.pre_activation[0], plain.pre_activation[0],
+                               rtol=0, atol=0)  # layer 1 sees the same input
+    # Glorot & Bengio: the sigmoid's mean 0.5 is what shrinks the gradient with depth
+    assert plain.gradient_ratio < 0.05 and 0.5 < centred.gradient_ratio < 2
+
+
+def test_geometric_interval_is_the_t_interval_of_the_logs():
+    from scipy import stats
+
+    from bnlib.experiments.depth_stats import geometric_interval
+
+    values = np.array([3530.0, 5250.0, 5430.0])
+    logs = np.log(values)
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
+    g = geometric_interval(values)
+    assert math.isclose(g.mean, math.exp(logs.mean()), rel_tol=1e-12)
+    assert math.isclose(g.low, math.exp(logs.mean() - half), rel_tol=1e-9)
+    assert math.isclose(g.high, math.exp(logs.mean() + half), rel_tol=1e-9)
+    with pytest.raises(ValueError):
+        geometric_interval([1.0, -2.0, 3.0])

@@ -74,3 +74,25 @@ def test_plot_lr_sweep_marks_each_diverged_run():
     (crosses,) = ax.collections[1:]  # [0] is the seed band
     np.testing.assert_array_equal(crosses.get_offsets(), [[10.0, 0.1]])
     plt.close(fig)
+
+
+def test_sweep_append_reads_the_new_rate_like_sweep_from_choice():
+    from bnlib.experiments.lr_sweep import sweep_append
+
+    table = {"lrs": np.array([0.1, 1.0]), "accuracy": np.array([[0.9, 0.92], [0.95, 0.97]]),
+             "diverged": np.zeros((2, 2), dtype=bool), "usable": np.array([True, True])}
+    ok = History(train_loss=[2.3, 0.4], val_accuracy=[0.1, 0.93])
+    poor = History(train_loss=[2.3, 1.9], val_accuracy=[0.1, 0.6])
+    bad = History(train_loss=[2.3, float("nan")], val_accuracy=[0.1, 0.1])
+    grown = sweep_append(table, 3.0, [ok, poor], 0.9)
+    assert grown["lrs"].tolist() == [0.1, 1.0, 3.0]
+    assert grown["accuracy"][-1].tolist() == [0.93, 0.6]
+    assert grown["usable"].tolist() == [True, True, False]  # mean 0.765 < 0.9
+    assert sweep_append(table, 3.0, [ok, ok], 0.9)["usable"][-1]
+    assert sweep_append(table, 3.0, [ok, bad], 0.5)["diverged"][-1].tolist() == [False, True]
+    assert not sweep_append(table, 3.0, [ok, bad], 0.5)["usable"][-1]  # a seed diverged
+    assert table["lrs"].tolist() == [0.1, 1.0]  # the input is left alone
+    with pytest.raises(ValueError, match="above"):
+        sweep_append(table, 1.0, [ok, ok], 0.9)
+    with pytest.raises(ValueError, match="one per seed"):
+        sweep_append(table, 3.0, [ok], 0.9)

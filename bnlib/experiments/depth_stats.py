@@ -23,10 +23,32 @@ from .init import init_for_activation
 from .models import ACTIVATIONS, make_norm, mlp
 from .train import train
 
-__all__ = ["LayerStats", "ResidualBlock", "derivative_ratio", "saturated_fraction",
-           "init_normal_", "residual_mlp", "layer_stats", "depth_stats"]
+__all__ = ["CentredSigmoid", "LayerStats", "ResidualBlock", "derivative_ratio",
+           "saturated_fraction", "init_normal_", "residual_mlp", "layer_stats", "depth_stats",
+           "geometric_interval"]
 
-_ACTIVATION_TYPES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu"}
+
+class CentredSigmoid(nn.Module):
+    """The logistic sigmoid shifted to zero mean at zero input: :math:`\\sigma(z) - 1/2`.
+
+    Same slope as the sigmoid everywhere (at most 1/4, at :math:`z = 0`), but its output
+    is centred, as tanh's is (:math:`\\sigma(z) - 1/2 = \\tanh(z/2)/2`). A control for
+    Glorot and Bengio's point that the sigmoid's non-zero mean output hurts deep networks.
+
+    Shape:
+        Input: any; output: the same.
+
+    Example:
+        >>> CentredSigmoid()(torch.tensor([0.0, 100.0])).tolist()
+        [0.0, 0.5]
+    """
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(z) - 0.5
+
+
+_ACTIVATION_TYPES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu",
+                     CentredSigmoid: "sigmoid"}
 
 
 def derivative_ratio(z: Tensor, activation: str) -> Tensor:
@@ -262,7 +284,8 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
     """Build a seeded deep MLP, optionally train it a few steps, and measure its layers.
 
     Args:
-        activation: ``"sigmoid"``, ``"tanh"`` or ``"relu"``. Default: ``"sigmoid"``.
+        activation: ``"sigmoid"``, ``"tanh"``, ``"relu"`` or ``"centred_sigmoid"``
+            (:class:`CentredSigmoid`, initialized as the sigmoid). Default: ``"sigmoid"``.
         norm: ``"none"`` or ``"batch"`` (or any name :func:`~bnlib.experiments.make_norm`
             knows). Default: ``"none"``.
         depth: number of hidden layers. Default: ``10``.
@@ -289,10 +312,18 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
         True
     """
     split = load_digits_split() if split is None else split
+    centred = activation == "centred_sigmoid"
+    if centred:
+        activation = "sigmoid"
     torch.manual_seed(seed)
     kwargs = dict(in_features=split.num_features, hidden=width, depth=depth,
                   activation=activation, norm=norm)
     model = residual_mlp(**kwargs) if residual else mlp(**kwargs, init="default")
+    if centred:
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, nn.Sigmoid):
+                    setattr(parent, name, CentredSigmoid())
     if init == "auto":
         init_for_activation(model, activation)
     elif init != "default":
@@ -302,3 +333,30 @@ def depth_stats(activation: str = "sigmoid", norm: str = "none", depth: int = 10
     if steps > 0:
         train(model, split, steps=steps, lr=lr, seed=seed, eval_every=steps)
     return layer_stats(model, split.x_train[:num_samples], split.y_train[:num_samples])
+
+
+def geometric_interval(values, level: float = 0.95):
+    """The geometric mean of positive per-seed values (gradient ratios, which vary by
+    factors, not by amounts) with the Student-t interval of their logarithms, exponentiated:
+    :func:`~bnlib.experiments.protocol.ratio_interval` of ``values`` against 1.
+
+    .. math::
+        \\exp\\Big(\\overline{\\log v} \\pm t_{(1+\\text{level})/2,\\,n-1}\\,
+        s_{\\log v} / \\sqrt{n}\\Big)
+
+    Args:
+        values: one positive value per seed, at least 2.
+        level: confidence level. Default: ``0.95``.
+
+    Returns:
+        An :class:`~bnlib.experiments.protocol.Interval` (``mean``: the geometric mean).
+
+    Example:
+        >>> g = geometric_interval([10.0, 1000.0])
+        >>> round(g.mean, 6), g.low < 10.0 and g.high > 1000.0
+        (100.0, True)
+    """
+    from .protocol import ratio_interval
+
+    values = np.asarray(values, dtype=np.float64)
+    return ratio_interval(values, np.ones_like(values), level)

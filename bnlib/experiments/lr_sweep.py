@@ -25,7 +25,8 @@ from .data import Split, load_digits_split
 from .models import mlp
 from .train import History, train
 
-__all__ = ["SweepResult", "is_diverged", "lr_sweep", "stable_range", "sweep_from_choice"]
+__all__ = ["SweepResult", "is_diverged", "lr_sweep", "stable_range", "sweep_append",
+           "sweep_from_choice"]
 
 
 def is_diverged(history: History, num_classes: int = 10, tolerance: float = 0.1) -> bool:
@@ -164,7 +165,9 @@ def sweep_from_choice(choice, target: float) -> dict[str, np.ndarray]:
     Returns:
         ``{"lrs": (L,), "accuracy": (L, S) final validation accuracy (0 when diverged),
         "diverged": (L, S) from :func:`is_diverged`, "usable": (L,) no seed diverged and
-        mean accuracy >= target}``.
+        mean accuracy >= target}``. "Usable" here means "reaches the target within the
+        run's budget"; it is not :meth:`~bnlib.experiments.protocol.LrChoice.usable`
+        (the rates with no measurable difference from the chosen one).
 
     Example:
         >>> from bnlib.experiments import LR_GRID, Arm, choose_lr, load_digits_split, mlp
@@ -178,3 +181,39 @@ def sweep_from_choice(choice, target: float) -> dict[str, np.ndarray]:
     div = np.array([[is_diverged(h) for h in choice.histories[lr]] for lr in choice.grid])
     usable = ~div.any(axis=1) & (acc.mean(axis=1) >= target)
     return {"lrs": lrs, "accuracy": acc, "diverged": div, "usable": usable}
+
+
+def sweep_append(table: dict[str, np.ndarray], lr: float, histories, target: float
+                 ) -> dict[str, np.ndarray]:
+    """A :func:`sweep_from_choice` table with one more learning rate, above the table's
+    largest, read from ``histories`` (one finished run per seed, the table's seeds, e.g.
+    ``run(..., lr=lr).histories[name]``); test untouched.
+
+    Args:
+        table: from :func:`sweep_from_choice` (or this function).
+        lr: the new learning rate, larger than every rate in ``table``.
+        histories: one :class:`~bnlib.experiments.History` per seed.
+        target: as for :func:`sweep_from_choice`.
+
+    Returns:
+        A new table; ``table`` is not modified.
+
+    Example:
+        >>> t = {"lrs": np.array([0.1]), "accuracy": np.array([[0.9, 0.8]]),
+        ...      "diverged": np.array([[False, False]]), "usable": np.array([True])}
+        >>> h = History(train_loss=[2.3, float("nan")], val_accuracy=[0.1, 0.1])
+        >>> sweep_append(t, 1.0, [h, h], 0.5)["usable"].tolist()
+        [True, False]
+    """
+    if lr <= table["lrs"].max():
+        raise ValueError(f"expected a learning rate above {table['lrs'].max():g} (got {lr:g})")
+    if len(histories) != table["accuracy"].shape[1]:
+        raise ValueError(f"expected {table['accuracy'].shape[1]} histories, one per seed "
+                         f"(got {len(histories)})")
+    acc = np.array([h.final_val_accuracy for h in histories])
+    div = np.array([is_diverged(h) for h in histories])
+    usable = not div.any() and acc.mean() >= target
+    return {"lrs": np.append(table["lrs"], lr),
+            "accuracy": np.vstack([table["accuracy"], acc]),
+            "diverged": np.vstack([table["diverged"], div]),
+            "usable": np.append(table["usable"], usable)}
