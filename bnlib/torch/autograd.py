@@ -92,7 +92,8 @@ def batch_norm_backward(grad_out: Tensor, input: Tensor, weight: Tensor | None, 
         scale = inv_std / m if weight is None else weight.to(acc) * inv_std / m  # (C,)
         grad_input = scale.view(shape) * (m * g - grad_bias.view(shape)
                                           - x_hat * grad_weight.view(shape))
-        grad_input = grad_input.to(input.dtype)
+        # torch's layout (a differentiable copy where it differs)
+        grad_input = grad_input.to(input.dtype).contiguous(memory_format=output_format(input))
     return (grad_input, grad_weight.to(weight.dtype) if needs[1] else None,
             grad_bias if needs[2] else None)
 
@@ -248,7 +249,8 @@ class BatchNormEvalFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             scale = inv_std if weight is None else inv_std * weight.to(acc)
             if _differentiable(grad_out):  # create_graph=True or vmap
-                grad_input = (g * scale.view(shape)).to(input.dtype)
+                grad_input = (g * scale.view(shape)).to(input.dtype).contiguous(
+                    memory_format=output_format(input))
             else:  # in torch's layout
                 grad_input = empty_grad_input(input, acc)
                 grad_input = torch.mul(g, scale.view(shape), out=grad_input).to(input.dtype)

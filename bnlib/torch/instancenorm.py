@@ -57,7 +57,8 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
     check_dtypes(input, weight, bias)
     n, c = input.shape[:2]
     # Instance norm is batch norm of a batch of one with N * C channels (torch does the same).
-    x = input.reshape(1, n * c, *input.shape[2:])
+    # torch reshapes a contiguous copy, so the output and the input gradient are contiguous.
+    x = input.contiguous().view(1, n * c, *input.shape[2:])
     weight = None if weight is None else weight.repeat(n)
     bias = None if bias is None else bias.repeat(n)
     if not use_input_stats:
