@@ -30,7 +30,7 @@ def batch_norm_graph(input: Tensor, weight: Tensor | None, bias: Tensor | None, 
 
     .. math::
 
-        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+        y = \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta
 
     with batch statistics (updating the running ones) in training, running ones otherwise.
     """
