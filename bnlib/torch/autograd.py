@@ -61,6 +61,14 @@ def _differentiable(grad_out: Tensor) -> bool:
             or functorch.is_legacy_batchedtensor(grad_out))
 
 
+def _dense(x: Tensor) -> bool:
+    """Whether torch's CPU kernels take their fused ``x * scale + shift`` path for ``x``
+    (contiguous or channels_last-contiguous); on other layouts they compute
+    ``(x - mean) * scale + bias``, which does not round ``mean * scale``."""
+    return x.is_contiguous() or output_format(x) != torch.contiguous_format and \
+        x.is_contiguous(memory_format=output_format(x))
+
+
 def batch_norm_backward(grad_out: Tensor, input: Tensor, weight: Tensor | None, eps: float,
                         needs: tuple[bool, bool, bool] = (True, True, True)):
     """The book's compact backward pass, in differentiable tensor operations:
@@ -145,7 +153,12 @@ class BatchNormFunction(torch.autograd.Function):
         mean = channel_sum(x) / m  # (C,)
         out = torch.empty_like(x, memory_format=output_format(input))
         torch.sub(x, mean.view(shape), out=out)  # x - mean, in the output's buffer
-        var = channel_sum(out.square_()) / m  # (C,) biased, two-pass
+        # The float32 mean is off by up to a few ulps of itself, i.e. |mean|/std times the
+        # spread's rounding; the mean of the residuals corrects it (torch sums in float64).
+        delta = channel_sum(out) / m  # (C,)
+        # biased, two-pass: E[(x - mean)^2] - delta^2
+        var = (channel_sum(out.square_()) / m - delta.square()).clamp_(min=0)
+        mean = mean + delta
         if m > 0:
             update_running_stats(running_mean, running_var, mean, var, m, momentum)
         else:  # an empty batch (as torch): buffers untouched, zero weight and bias gradients
@@ -153,7 +166,12 @@ class BatchNormFunction(torch.autograd.Function):
         inv_std = torch.rsqrt(var + eps)  # (C,)
         scale = inv_std if weight is None else inv_std * weight.to(acc)  # (C,)
         shift = -mean * scale if bias is None else bias.to(acc) - mean * scale  # (C,)
-        torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
+        if _dense(x):  # one fused pass, as torch's contiguous kernels
+            torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
+        else:  # (x - mean) * scale + bias, as torch's generic kernel: exact centring
+            torch.sub(x, mean.view(shape), out=out).mul_(scale.view(shape))
+            if bias is not None:
+                out.add_(bias.to(acc).view(shape))
         ctx.save_for_backward(input, weight, mean, inv_std)
         ctx.eps, ctx.bias_dtype = eps, None if bias is None else bias.dtype
         return out if out.dtype == input.dtype else out.to(input.dtype)
