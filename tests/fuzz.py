@@ -45,7 +45,8 @@ Tolerances (per tensor, errors relative to the tensor's largest magnitude ``max|
 * Inputs have a mean/std ratio up to 1e4 (float16/bfloat16: 30, beyond which the input's
   rounding erases its spread and neither torch nor bnlib has a meaningful answer).
 * float32/float16/bfloat16 (module or input): the truth is the same computation in float64
-  (torch.nn in float64 on the same, exactly representable, inputs and parameters). A case
+  (torch.nn in float64 on the same, exactly representable, inputs and parameters, as
+  contiguous copies, so torch's layout bug below cannot corrupt the truth). A case
   passes if ``err(bnlib) <= 4 * err(torch) + floor`` with ``floor = 8 * eps(dtype)`` of the
   tensor's dtype (float32 1e-6, float16 7.8e-3, bfloat16 6.3e-2): bnlib must be at least about
   as accurate as torch, and never worse than a few rounding errors of the result dtype.
@@ -456,8 +457,12 @@ def run_module_case(rng, g, cfg, seed, problems, bugs):
         db = cfg["double_backward"] and cfg["in_dtype"] == F64 and cfg["mod_dtype"] == F64
         oo = _run_step(ours, x, dy, db)
         ro = _run_step(ref, x, dy, db)
-        to = _run_step(truth, x.double(), dy.double(), False) if truth is not None else None
-        no = _run_step(ref32, x.float(), dy.float(), False) if ref32 is not None else None
+        # the truth and torch float32 run on contiguous copies: torch's layout bug (below) would
+        # make a float64 truth on the strided input wrong too
+        to = _run_step(truth, x.double().contiguous(), dy.double().contiguous(), False) \
+            if truth is not None else None
+        no = _run_step(ref32, x.float().contiguous(), dy.float().contiguous(), False) \
+            if ref32 is not None else None
         step = f"step {i} ({'train' if training else 'eval'})"
         if not (x.is_contiguous() and dy.is_contiguous()):
             rc = _run_step(ref_c, x.contiguous(), dy.contiguous(), db)
@@ -685,9 +690,9 @@ def run_functional_case(rng, g, cfg, problems, bugs):
     results = {}
     variants = {"ours": (bt, x, dy, cfg["pdtype"]), "torch": (nn.functional, x, dy, cfg["pdtype"])}
     if cfg["dtype"] != F64:
-        variants["truth"] = (nn.functional, x.double(), dy.double(), F64)
+        variants["truth"] = (nn.functional, x.double().contiguous(), dy.double(), F64)
     elif cfg["pdtype"] == F64:
-        variants["f32"] = (nn.functional, x.float(), dy.float(), F32)
+        variants["f32"] = (nn.functional, x.float().contiguous(), dy.float(), F32)
     if not x.is_contiguous():
         variants["torch_c"] = (nn.functional, x.contiguous(), dy, cfg["pdtype"])
     for who, (lib, xin, dyin, pdt) in variants.items():

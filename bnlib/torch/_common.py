@@ -1,5 +1,5 @@
 """Rules torch's CPU normalization kernels share, for the modules that are not batch norm
-(group, layer and RMS norm; private): the accumulation dtype, the dtypes they accept, and the
+(private): the accumulation dtype, the dtypes they accept (all of them), and the
 memory format of their outputs and input gradients."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch._prims_common import suggest_memory_format as _suggest
 
 from ._errors import NormError, NormTypeError
 
-__all__ = ["GradLayout", "centre", "check_norm_dtypes", "opmath", "suggest_memory_format"]
+__all__ = ["GradLayout", "centre", "check_dtypes", "opmath", "suggest_memory_format"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
@@ -54,14 +54,23 @@ def suggest_memory_format(input: Tensor) -> torch.memory_format:
     return _suggest(input) if input.dim() in (4, 5) else torch.contiguous_format
 
 
-def check_norm_dtypes(op: str, input: Tensor, *params: Tensor | None) -> None:
-    """Refuse what torch's CPU group/layer-norm kernels refuse: a non-floating input
-    (:class:`NormTypeError`), and parameters whose dtype is neither the input's nor, for a
-    float16/bfloat16 input, float32 for all of them (torch's "mixed dtype (CPU)"
-    ``RuntimeError``; :class:`NormError`).
+def check_dtypes(input: Tensor, *params: Tensor | None, op: str = "batch_norm") -> None:
+    """Refuse the dtypes torch's CPU normalization kernels refuse (batch, instance, group,
+    layer and RMS norm share the rule; the one home of this check).
+
+    The input must be floating point (else :class:`NormTypeError`, torch's
+    ``NotImplementedError``). The parameters and buffers given must share one dtype: the
+    input's, or float32 for a float16/bfloat16 input (the mixed-precision pattern of CPU
+    autocast: statistics and buffers in float32, output in the input's dtype). Anything else
+    is torch's "mixed dtype (CPU)" ``RuntimeError``: a :class:`NormError`.
+
+    Args:
+        input: the tensor to normalize.
+        params: weight, bias, running statistics; ``None`` entries are skipped.
+        op: the operation's name, for the message. Default: ``"batch_norm"``.
 
     Example:
-        >>> check_norm_dtypes("layer_norm", torch.ones(2, dtype=torch.bfloat16), torch.ones(2))
+        >>> check_dtypes(torch.ones(2, dtype=torch.bfloat16), torch.ones(2), op="layer_norm")
     """
     if not input.is_floating_point():
         raise NormTypeError(f'"{op}" not implemented for {input.dtype}: expected a '

@@ -8,7 +8,7 @@ written for torch catches bnlib's error too.
 """
 from __future__ import annotations
 
-__all__ = ["NormError", "NormTypeError"]
+__all__ = ["NormError", "NormIndexError", "NormTypeError"]
 
 
 class NormError(ValueError, RuntimeError):
@@ -29,5 +29,15 @@ class NormTypeError(NormError, NotImplementedError):
 
     Example:
         >>> issubclass(NormTypeError, (NotImplementedError, ValueError))
+        True
+    """
+
+
+class NormIndexError(NormError, IndexError):
+    """An input with too few dimensions where torch indexes a dimension it lacks and raises
+    ``IndexError`` ("Dimension out of range"); this class is that, and a :class:`NormError`.
+
+    Example:
+        >>> issubclass(NormIndexError, (IndexError, ValueError, RuntimeError))
         True
     """

@@ -30,7 +30,7 @@ def batch_norm_graph(input: Tensor, weight: Tensor | None, bias: Tensor | None, 
 
     .. math::
 
-        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+        y = \\gamma \\frac{x - \\mu}{\\sqrt{\\sigma^2 + \\epsilon}} + \\beta
 
     with batch statistics (updating the running ones) in training, running ones otherwise.
     """
@@ -59,6 +59,14 @@ def _differentiable(grad_out: Tensor) -> bool:
     functorch = torch._C._functorch
     return (torch.is_grad_enabled() or functorch.is_functorch_wrapped_tensor(grad_out)
             or functorch.is_legacy_batchedtensor(grad_out))
+
+
+def _dense(x: Tensor) -> bool:
+    """Whether torch's CPU kernels take their fused ``x * scale + shift`` path for ``x``
+    (contiguous or channels_last-contiguous); on other layouts they compute
+    ``(x - mean) * scale + bias``, which does not round ``mean * scale``."""
+    return x.is_contiguous() or output_format(x) != torch.contiguous_format and \
+        x.is_contiguous(memory_format=output_format(x))
 
 
 def batch_norm_backward(grad_out: Tensor, input: Tensor, weight: Tensor | None, eps: float,
@@ -92,7 +100,8 @@ def batch_norm_backward(grad_out: Tensor, input: Tensor, weight: Tensor | None, 
         scale = inv_std / m if weight is None else weight.to(acc) * inv_std / m  # (C,)
         grad_input = scale.view(shape) * (m * g - grad_bias.view(shape)
                                           - x_hat * grad_weight.view(shape))
-        grad_input = grad_input.to(input.dtype)
+        # torch's layout (a differentiable copy where it differs)
+        grad_input = grad_input.to(input.dtype).contiguous(memory_format=output_format(input))
     return (grad_input, grad_weight.to(weight.dtype) if needs[1] else None,
             grad_bias if needs[2] else None)
 
@@ -144,7 +153,12 @@ class BatchNormFunction(torch.autograd.Function):
         mean = channel_sum(x) / m  # (C,)
         out = torch.empty_like(x, memory_format=output_format(input))
         torch.sub(x, mean.view(shape), out=out)  # x - mean, in the output's buffer
-        var = channel_sum(out.square_()) / m  # (C,) biased, two-pass
+        # The float32 mean is off by up to a few ulps of itself, i.e. |mean|/std times the
+        # spread's rounding; the mean of the residuals corrects it (torch sums in float64).
+        delta = channel_sum(out) / m  # (C,)
+        # biased, two-pass: E[(x - mean)^2] - delta^2
+        var = (channel_sum(out.square_()) / m - delta.square()).clamp_(min=0)
+        mean = mean + delta
         if m > 0:
             update_running_stats(running_mean, running_var, mean, var, m, momentum)
         else:  # an empty batch (as torch): buffers untouched, zero weight and bias gradients
@@ -152,7 +166,12 @@ class BatchNormFunction(torch.autograd.Function):
         inv_std = torch.rsqrt(var + eps)  # (C,)
         scale = inv_std if weight is None else inv_std * weight.to(acc)  # (C,)
         shift = -mean * scale if bias is None else bias.to(acc) - mean * scale  # (C,)
-        torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
+        if _dense(x):  # one fused pass, as torch's contiguous kernels
+            torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
+        else:  # (x - mean) * scale + bias, as torch's generic kernel: exact centring
+            torch.sub(x, mean.view(shape), out=out).mul_(scale.view(shape))
+            if bias is not None:
+                out.add_(bias.to(acc).view(shape))
         ctx.save_for_backward(input, weight, mean, inv_std)
         ctx.eps, ctx.bias_dtype = eps, None if bias is None else bias.dtype
         return out if out.dtype == input.dtype else out.to(input.dtype)
@@ -248,7 +267,8 @@ class BatchNormEvalFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             scale = inv_std if weight is None else inv_std * weight.to(acc)
             if _differentiable(grad_out):  # create_graph=True or vmap
-                grad_input = (g * scale.view(shape)).to(input.dtype)
+                grad_input = (g * scale.view(shape)).to(input.dtype).contiguous(
+                    memory_format=output_format(input))
             else:  # in torch's layout
                 grad_input = empty_grad_input(input, acc)
                 grad_input = torch.mul(g, scale.view(shape), out=grad_input).to(input.dtype)

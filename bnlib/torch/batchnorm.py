@@ -1,16 +1,18 @@
 """Batch-norm modules with the constructor, buffers, ``state_dict`` keys, errors and results
 of ``torch.nn.BatchNorm1d/2d/3d``, computed by :func:`bnlib.torch.functional.batch_norm`.
 
-The hierarchy mirrors ``torch/nn/modules/batchnorm.py``: :class:`_NormBase` owns the
-parameters and buffers, :class:`_BatchNorm` the forward pass, and each leaf class only checks
-the number of input dimensions.
+The hierarchy is ``torch/nn/modules/batchnorm.py``'s and derives from it: :class:`_NormBase`
+owns the parameters and buffers (torch's own bookkeeping), :class:`_BatchNorm` the forward
+pass (bnlib's), and each leaf class only checks the number of input dimensions. So
+``isinstance(m, torch.nn.modules.batchnorm._BatchNorm)`` holds for bnlib's batch norms, as
+code such as ``torch.optim.swa_utils.update_bn`` expects.
 """
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.modules import batchnorm as _torch_bn
 
-from ._affine import register_affine, reset_affine
 from ._errors import NormError
 from ._stats import momentum_factor
 from .functional import batch_norm
@@ -18,65 +20,28 @@ from .functional import batch_norm
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _NormBase(nn.Module):
+class _NormBase(_torch_bn._NormBase):
     """Parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``,
-    ``num_batches_tracked``) shared by the batch-norm modules."""
+    ``num_batches_tracked``) shared by the batch- and instance-norm modules.
 
-    _version = 2
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True,
-                 device=None, dtype=None, *, bias: bool = True) -> None:
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats = affine, track_running_stats
-        register_affine(self, num_features, affine, bias, **factory)
-        if track_running_stats:
-            # Buffers: saved in state_dict, moved by .to(), never part of the autograd graph.
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(
-                0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        reset_affine(self)
+    It *is* ``torch.nn.modules.batchnorm._NormBase`` and inherits only its bookkeeping: the
+    constructor (the same parameters and buffers, registered under the same names),
+    ``reset_parameters``/``reset_running_stats`` (scale 1, shift 0, mean 0, variance 1, count
+    0), ``extra_repr``, ``_version = 2`` and the ``state_dict`` load hook (a checkpoint
+    without ``num_batches_tracked`` keeps the module's current count). No arithmetic on
+    inputs is inherited: every ``forward`` below is bnlib's.
+    """
 
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
 
-    def extra_repr(self) -> str:
-        return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-                "bias={use_bias}, track_running_stats={track_running_stats}".format(
-                    **self.__dict__, use_bias=self.bias is not None))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs) -> None:
-        # state_dicts from before version 2 have no num_batches_tracked: keep the module's
-        # current count (torch 2.13 does the same; it is 0 on a fresh module).
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            count = self.num_batches_tracked
-            keep = count is not None and count.device != torch.device("meta")
-            state_dict[key] = count if keep else torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+class _BatchNorm(_NormBase, _torch_bn._BatchNorm):
+    """The batch-norm forward pass. An instance of ``torch.nn.modules.batchnorm._BatchNorm``
+    (through ``_NormBase``), so code that finds batch norm by type treats bnlib's layers as
+    torch's: ``torch.optim.swa_utils.update_bn``, ``torch.nn.utils.fuse_conv_bn_eval``,
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. Its ``forward`` replaces torch's."""
 
-
-class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         factor = momentum_factor(self)  # counts the batch in training

@@ -6,13 +6,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._errors import NormError, NormTypeError
+from ._common import check_dtypes
+from ._errors import NormError
 from ._stats import values_per_channel
 from .autograd import BatchNormEvalFunction, BatchNormFunction, batch_norm_graph
 
-__all__ = ["batch_norm", "check_dtypes", "verify_batch_size"]
-
-_REDUCED = (torch.float16, torch.bfloat16)
+__all__ = ["batch_norm", "verify_batch_size"]
 
 
 def verify_batch_size(size: torch.Size) -> None:
@@ -20,26 +19,6 @@ def verify_batch_size(size: torch.Size) -> None:
     if values_per_channel(size) == 1:
         raise NormError(
             f"Expected more than 1 value per channel when training, got input size {size}")
-
-
-def check_dtypes(input: Tensor, *params: Tensor | None) -> None:
-    """Refuse the dtypes torch's CPU kernels refuse.
-
-    The input must be floating point (else :class:`NormTypeError`, torch's
-    ``NotImplementedError``). The parameters and buffers given must share one dtype: the
-    input's, or float32 for a float16/bfloat16 input (the mixed-precision pattern of CPU
-    autocast: statistics and buffers in float32, output in the input's dtype). Anything else
-    is torch's "mixed dtype (CPU)" ``RuntimeError``: a :class:`NormError`.
-    """
-    if not input.is_floating_point():
-        raise NormTypeError(f'"batch_norm" not implemented for {input.dtype}: expected a '
-                            "floating-point input; convert it first, e.g. x.float()")
-    dtypes = {p.dtype for p in params if p is not None}
-    allowed = {input.dtype, torch.float32} if input.dtype in _REDUCED else {input.dtype}
-    if len(dtypes) > 1 or not dtypes <= allowed:
-        raise NormError(f"mixed dtype (CPU): input is {input.dtype} but weight, bias and the "
-                        f"running statistics are {sorted(map(str, dtypes))}; they must share "
-                        f"one dtype, {' or '.join(sorted(map(str, allowed)))}")
 
 
 def _check(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ._affine import register_affine, reset_affine
 from ._errors import NormError
-from ._common import GradLayout, centre, check_norm_dtypes, opmath, suggest_memory_format
+from ._common import GradLayout, centre, check_dtypes, opmath, suggest_memory_format
 
 __all__ = ["GroupNorm", "group_norm"]
 
@@ -36,7 +36,7 @@ def _check(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor |
             raise NormError(f"Expected {name} to be a vector of size equal to the number of "
                             f"channels in input, but got {name} of shape {list(t.shape)} and "
                             f"input of shape {list(input.shape)}")
-    check_norm_dtypes("group_norm", input, weight, bias)
+    check_dtypes(input, weight, bias, op="group_norm")
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,

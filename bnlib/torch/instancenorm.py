@@ -9,10 +9,10 @@ import warnings
 import torch
 from torch import Tensor
 
-from ._errors import NormError
+from ._errors import NormError, NormIndexError
 from .autograd import BatchNormEvalFunction, BatchNormFunction
 from .batchnorm import _NormBase
-from .functional import check_dtypes
+from ._common import check_dtypes
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "instance_norm"]
 
@@ -47,17 +47,19 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
         tensor([[[-1.,  1.]]])
     """
     if input.dim() < 3:
-        raise NormError(f"expected 3D or higher input of shape (N, C, *spatial) "
+        # torch: IndexError for 1-D input (no dim 1), ValueError/RuntimeError otherwise
+        raise (NormIndexError if input.dim() < 2 else NormError)(f"expected 3D or higher input of shape (N, C, *spatial) "
                         f"(got {input.dim()}D input)")
     if (running_mean is None) != (running_var is None):
         raise NormError("running_mean and running_var must either both be None or neither be "
                         "None")
     # torch checks the affine parameters' dtype against the input's (the batch-norm rule) but
     # accepts running buffers of any floating dtype here: they are cast, as in torch.
-    check_dtypes(input, weight, bias)
+    check_dtypes(input, weight, bias, op="instance_norm")
     n, c = input.shape[:2]
     # Instance norm is batch norm of a batch of one with N * C channels (torch does the same).
-    x = input.reshape(1, n * c, *input.shape[2:])
+    # torch reshapes a contiguous copy, so the output and the input gradient are contiguous.
+    x = input.contiguous().view(1, n * c, *input.shape[2:])
     weight = None if weight is None else weight.repeat(n)
     bias = None if bias is None else bias.repeat(n)
     if not use_input_stats:

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ._affine import register_affine, reset_affine
-from ._common import GradLayout, centre, check_norm_dtypes, opmath, suggest_memory_format
-from ._errors import NormError, NormTypeError
+from ._common import GradLayout, centre, check_dtypes, opmath, suggest_memory_format
+from ._errors import NormError
 
 __all__ = ["LayerNorm", "RMSNorm", "layer_norm", "rms_norm"]
 
@@ -84,7 +84,7 @@ def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | 
         tensor([[-1.,  1.]])
     """
     dims = check_normalized_shape(input, normalized_shape, ("weight", weight), ("bias", bias))
-    check_norm_dtypes("layer_norm", input, weight, bias)
+    check_dtypes(input, weight, bias, op="layer_norm")
     acc = opmath(input.dtype)
     x = GradLayout.apply(input, torch.contiguous_format).to(acc)
     centred = centre(x, dims)  # (*, *normalized_shape)
@@ -131,9 +131,7 @@ def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | No
         tensor([[ 1., -1.]])
     """
     dims = check_normalized_shape(input, normalized_shape, ("weight", weight))
-    if not input.is_floating_point():
-        raise NormTypeError(f'"rms_norm" not implemented for {input.dtype}: expected a '
-                            "floating-point input; convert it first, e.g. x.float()")
+    check_dtypes(input, op="rms_norm")  # floating input; torch promotes a weight of another dtype
     acc = opmath(input.dtype)
     if eps is None:
         eps = torch.finfo(acc).eps

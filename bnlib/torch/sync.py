@@ -19,7 +19,7 @@ from ._errors import NormError
 from ._stats import (channel_moments, channel_shape, merge_moments, momentum_factor,
                      opmath_dtype, reduce_dims, update_running_stats)
 from .batchnorm import _BatchNorm
-from .functional import check_dtypes
+from ._common import check_dtypes
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "merge_moments", "sync_batch_norm"]
 
