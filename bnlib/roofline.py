@@ -6,23 +6,33 @@ second cannot run faster than ``min(P, I * B)`` flops per second (Williams, Wate
 Patterson, 2009). Batch normalization's counts, per value of the input:
 
 * forward (training mode): 6 flops (1 for the mean, 3 for the variance, 2 for
-  ``y = a_c x + b_c``) and 3 values of traffic (``x`` read twice, ``y`` written once);
+  ``y = a_c x + b_c``);
 * forward plus backward: 15 flops (9 more: ``sum(g)``, ``sum(g (x - mu))`` and
-  ``dx = A_c g + B_c (x - mu) + D_c``) and 8 values of traffic (5 more: ``x`` and ``g``
-  read twice, ``dx`` written).
+  ``dx = A_c g + B_c (x - mu) + D_c``).
 
-These are the counts of the two-pass algorithm when the tensor does not fit in cache, the
-least traffic such an implementation moves (``bnlib.numpy.batch_norm_forward_fast`` moves
-exactly this, plus one pilot block).
+Their traffic depends on the order in which a kernel walks memory (``TRAFFIC_PER_VALUE``):
+
+* ``"two-pass"``: a statistics pass and an output pass, each walking the whole tensor in
+  layout order, as ``bnlib.numpy.batch_norm_forward_fast`` does (plus one pilot block):
+  forward 3 values (``x`` read twice, ``y`` written), forward plus backward 8 (5 more:
+  ``x`` and ``g`` read twice, ``dx`` written) once the tensor does not fit in cache;
+* ``"channel-blocked"``: one channel (or a group of channels) at a time, so that its
+  values stay in cache between its statistics and its output. Channel ``c``'s output needs
+  only channel ``c``'s statistics, so when one channel's values fit in cache, main memory
+  sees each tensor once: forward 2 values (``x`` read, ``y`` written), forward plus
+  backward 5 (3 more: ``x`` and ``g`` read, ``dx`` written). This is the least traffic of
+  any implementation that reads its inputs from and writes its outputs to main memory.
 """
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .audit import CheckResult
 
@@ -31,11 +41,13 @@ __all__ = ["FLOPS_PER_VALUE", "TRAFFIC_PER_VALUE", "intensity", "attainable",
 
 #: Floating-point operations per input value, by pass.
 FLOPS_PER_VALUE = {"forward": 6, "forward+backward": 15}
-#: Memory traffic per input value, in units of one value (``S`` per tensor of ``S`` bytes).
-TRAFFIC_PER_VALUE = {"forward": 3, "forward+backward": 8}
+#: Memory traffic per input value, in units of one value (``S`` per tensor of ``S`` bytes),
+#: by traffic scheme and pass (see the module docstring).
+TRAFFIC_PER_VALUE = {"two-pass": {"forward": 3, "forward+backward": 8},
+                     "channel-blocked": {"forward": 2, "forward+backward": 5}}
 
 
-def intensity(pass_name: str, itemsize: int = 4) -> float:
+def intensity(pass_name: str, itemsize: int = 4, scheme: str = "two-pass") -> float:
     r"""Arithmetic intensity of batch normalization, flops per byte of traffic.
 
     .. math::
@@ -46,16 +58,22 @@ def intensity(pass_name: str, itemsize: int = 4) -> float:
     Args:
         pass_name: ``"forward"`` or ``"forward+backward"``.
         itemsize: bytes per value. Default: ``4`` (float32).
+        scheme: ``"two-pass"`` (two sweeps in layout order) or ``"channel-blocked"`` (a
+            channel at a time, the least traffic). Default: ``"two-pass"``.
 
     Example:
         >>> intensity("forward"), intensity("forward", itemsize=8)
         (0.5, 0.25)
+        >>> intensity("forward", scheme="channel-blocked")
+        0.75
     """
     if pass_name not in FLOPS_PER_VALUE:
         raise ValueError(f"expected a pass in {sorted(FLOPS_PER_VALUE)} (got {pass_name!r})")
+    if scheme not in TRAFFIC_PER_VALUE:
+        raise ValueError(f"expected a scheme in {sorted(TRAFFIC_PER_VALUE)} (got {scheme!r})")
     if itemsize <= 0:
         raise ValueError(f"expected itemsize > 0 (got {itemsize})")
-    return FLOPS_PER_VALUE[pass_name] / (TRAFFIC_PER_VALUE[pass_name] * itemsize)
+    return FLOPS_PER_VALUE[pass_name] / (TRAFFIC_PER_VALUE[scheme][pass_name] * itemsize)
 
 
 def attainable(intensity_, bandwidth: float, peak: float):
@@ -100,6 +118,41 @@ def _lean_case(shape, seed):
     return x, gamma, beta
 
 
+class _TorchUsed(Exception):
+    """Raised inside the reader's function when it touches torch."""
+
+
+class _NoTorch(TorchDispatchMode):
+    """Refuse every torch operation, factories included: torch's CPU allocator does not
+    report to ``tracemalloc``, so a temporary made by torch would go unseen."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        raise _TorchUsed(f"called torch ({func})")
+
+
+def _refuse(name):
+    def refuse(*args, **kwargs):
+        raise _TorchUsed(f"called torch.{name}")
+    return refuse
+
+
+# Entry points that create a tensor from NumPy without a dispatched operation.
+_TORCH_ENTRY_POINTS = ("from_numpy", "as_tensor", "tensor", "asarray", "frombuffer")
+
+
+@contextlib.contextmanager
+def _torch_blocked():
+    saved = {name: getattr(torch, name) for name in _TORCH_ENTRY_POINTS}
+    try:
+        for name in saved:
+            setattr(torch, name, _refuse(name))
+        with _NoTorch():
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)
+
+
 def check_lean_forward(fn: Callable, tol: float = 1e-4,
                        max_allocated: float = 0.5) -> CheckResult:
     r"""Grade ``fn(x, gamma, beta, eps, out) -> out``, a training-mode batch-norm forward
@@ -115,7 +168,9 @@ def check_lean_forward(fn: Callable, tol: float = 1e-4,
     within ``tol`` (absolute; outputs are of order 1) of
     ``torch.nn.functional.batch_norm`` run in float64 on the same values, and the peak of
     the memory it allocates (``tracemalloc``, which NumPy reports to) must stay below
-    ``max_allocated`` times ``x.nbytes``: one input-sized temporary fails.
+    ``max_allocated`` times ``x.nbytes``: one input-sized temporary fails. The exercise is
+    NumPy only: torch's allocator does not report to ``tracemalloc``, so every torch
+    operation and ``torch.from_numpy``-like entry point is refused during the call.
 
     Args:
         fn: the reader's function.
@@ -145,8 +200,13 @@ def check_lean_forward(fn: Callable, tol: float = 1e-4,
         x_before = x.copy()
         tracemalloc.start()
         try:
-            result = fn(x, gamma, beta, 1e-5, out)
+            with _torch_blocked():
+                result = fn(x, gamma, beta, 1e-5, out)
             peak = tracemalloc.get_traced_memory()[1] / x.nbytes
+        except _TorchUsed as exc:
+            return CheckResult("lean_forward", False,
+                               f"FAILED: {exc}; write it in NumPy (torch's memory is "
+                               "invisible to tracemalloc)")
         except Exception as exc:  # the reader's code: report, do not crash the checker
             return CheckResult("lean_forward", False,
                                f"FAILED: raised {type(exc).__name__}: "

@@ -18,13 +18,23 @@ def test_counts_follow_the_two_pass_algorithm():
     assert FLOPS_PER_VALUE["forward"] == 1 + 3 + 2
     # backward: sum g (1), sum g (x - mu) (3), A g + B (x - mu) + D (5)
     assert FLOPS_PER_VALUE["forward+backward"] - FLOPS_PER_VALUE["forward"] == 1 + 3 + 5
-    assert TRAFFIC_PER_VALUE == {"forward": 3, "forward+backward": 3 + 5}
+    assert TRAFFIC_PER_VALUE["two-pass"] == {"forward": 3, "forward+backward": 3 + 5}
     assert intensity("forward") == 6 / 12
     assert intensity("forward+backward", itemsize=8) == 15 / 64
 
 
-@pytest.mark.parametrize("bad", [dict(pass_name="backward"), dict(pass_name="forward",
-                                                                    itemsize=0)])
+def test_channel_blocked_traffic_reads_each_tensor_once():
+    # forward: read x, write y; backward adds: read x, read g, write dx
+    assert TRAFFIC_PER_VALUE["channel-blocked"] == {"forward": 2, "forward+backward": 2 + 3}
+    assert intensity("forward", scheme="channel-blocked") == 6 / 8
+    assert intensity("forward+backward", scheme="channel-blocked") == 15 / 20
+    for p in FLOPS_PER_VALUE:  # fewer bytes, higher intensity
+        assert intensity(p, scheme="channel-blocked") > intensity(p)
+
+
+@pytest.mark.parametrize("bad", [dict(pass_name="backward"),
+                                 dict(pass_name="forward", itemsize=0),
+                                 dict(pass_name="forward", scheme="one-pass")])
 def test_intensity_refuses_bad_input(bad):
     with pytest.raises(ValueError):
         intensity(**bad)
@@ -127,6 +137,30 @@ def test_grader_fails_a_new_array_a_changed_input_and_an_exception():
         raise RuntimeError("not yet")
     raised = check_lean_forward(broken)
     assert not raised.passed and "RuntimeError: not yet" in raised.evidence
+
+
+def test_grader_fails_a_function_that_hands_the_work_to_torch():
+    import torch
+    import torch.nn.functional as F
+
+    def via_torch(x, g, b, e, out):  # torch's temporaries are invisible to tracemalloc
+        out[...] = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(g),
+                                torch.from_numpy(b), training=True, eps=e).numpy()
+        return out
+
+    from_numpy = torch.from_numpy  # bound before the call: the dispatch mode still refuses
+
+    def via_bound_name(x, g, b, e, out):
+        t = from_numpy(x)
+        out[...] = ((t - t.mean((0, 2, 3), keepdim=True)) /
+                    (t.var((0, 2, 3), unbiased=False, keepdim=True) + e).sqrt()).numpy()
+        return out
+
+    for fn in (via_torch, via_bound_name):
+        result = check_lean_forward(fn)
+        assert not result.passed and "torch" in result.evidence, result.evidence
+    assert torch.from_numpy is from_numpy  # restored
+    assert torch.ones(2).sum().item() == 2.0  # torch works again after the call
 
 
 def test_plot_roofline_keeps_every_point_and_the_ridge_in_view():
