@@ -81,7 +81,7 @@ class UnbiasedBatchNorm1d(nn.BatchNorm1d):
         return x_hat
 
 
-#: The two conventions, by name: the layer class each uses.
+#: The two conventions, each name mapped to the layer class that follows it.
 CONVENTIONS: dict[str, type[nn.Module]] = {"biased (torch.nn)": nn.BatchNorm1d,
                                           "unbiased (makemore)": UnbiasedBatchNorm1d}
 
