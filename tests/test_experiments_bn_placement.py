@@ -35,3 +35,11 @@ def test_placement_arms_are_seeded():
     assert set(a.histories) == {"before", "after"} and a.histories["after"][0].steps == [0, 20]
     assert a.values("before", "test_accuracy") == b.values("before", "test_accuracy")
     assert min(a.values("after", "test_accuracy")) > 0.3
+
+
+def test_placement_arms_build_in_the_split_dtype():
+    from bnlib.experiments.precision import double_split
+    split = double_split(load_digits_split())
+    for arm in placement_arms(split=split):
+        assert {p.dtype for p in arm.build().parameters()} == {torch.float64}
+    assert next(placement_arms()[0].build().parameters()).dtype == torch.float32

@@ -50,3 +50,13 @@ def test_finetuning_runs_under_the_protocol():
             ft, 20, seeds=(0, 1), lr=0.01)
     assert sorted(r.histories) == ["frozen", "recomputed", "updated"]
     assert all(0 <= v <= 1 for v in r.values("frozen", "test_accuracy"))
+
+
+def test_finetune_arms_build_in_the_pretraining_split_dtype():
+    from bnlib.experiments.precision import double_split
+    split = double_split(load_digits_split())
+    pre, ft = class_subset(split, range(5)), class_subset(split, range(5, 10))
+    torch.manual_seed(0)
+    net = finetune_arms(pre, ft, pretrain_lr=0.1, pretrain_steps=5)[2].build()
+    assert {p.dtype for p in net.parameters()} == {torch.float64}
+    assert all(m.running_mean.dtype == torch.float64 for m in batch_norm_layers(net))

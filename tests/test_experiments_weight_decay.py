@@ -74,3 +74,12 @@ def test_decay_arms_decay_what_they_say():
     net(torch.randn(4, 64)).sum().mul(0).backward()
     assert float(net[1].weight.grad.abs().max()) == 0.0  # gamma not decayed
     assert float(net[0].weight.grad.abs().max()) > 0.0
+
+
+def test_decay_arms_build_in_the_split_dtype_and_keep_their_decay():
+    from bnlib.experiments.precision import double_split
+    split = double_split(load_digits_split())
+    net = {a.name: a for a in decay_arms(weight_decay=0.5, split=split)}["weights"].build()
+    assert {p.dtype for p in net.parameters()} == {torch.float64}
+    net(split.x_train[:4]).sum().mul(0).backward()
+    torch.testing.assert_close(net[0].weight.grad, 0.5 * net[0].weight.detach())

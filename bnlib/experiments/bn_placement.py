@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from .data import Split
 from .init import init_for_activation
 from .models import ACTIVATIONS, make_norm, mlp
+from .precision import cast_like
 from .protocol import Arm
 
 __all__ = ["PLACEMENTS", "mlp_with_placement", "placement_arms"]
@@ -63,18 +65,26 @@ def mlp_with_placement(placement: str, in_features: int = 64, hidden: int = 100,
     return init_for_activation(model, activation) if init == "auto" else model
 
 
-def placement_arms(activation: str = "relu", eval_every: int = 50, **mlp_kwargs) -> list[Arm]:
+def placement_arms(activation: str = "relu", eval_every: int = 50, split: Split | None = None,
+                   **mlp_kwargs) -> list[Arm]:
     """The two placements as arms of :func:`bnlib.experiments.protocol.run`, named
     ``"before"`` and ``"after"``, each initialized for ``activation``.
 
     Args:
         activation: the hidden activation. Default: ``"relu"``.
         eval_every: steps between evaluations. Default: ``50``.
+        split: when given, models are built in the dtype of its inputs
+            (:func:`~bnlib.experiments.precision.cast_like`; float64 with
+            :func:`~bnlib.experiments.precision.double_split`). Default: ``None``
+            (PyTorch's default dtype).
         **mlp_kwargs: sizes for :func:`mlp_with_placement`.
 
     Example:
         >>> [arm.name for arm in placement_arms()]
         ['before', 'after']
     """
-    return [Arm(p, lambda p=p: mlp_with_placement(p, activation=activation, **mlp_kwargs),
-                train_kwargs={"eval_every": eval_every}) for p in PLACEMENTS]
+    def builder(p: str):
+        build = lambda: mlp_with_placement(p, activation=activation, **mlp_kwargs)  # noqa: E731
+        return build if split is None else cast_like(build, split)
+
+    return [Arm(p, builder(p), train_kwargs={"eval_every": eval_every}) for p in PLACEMENTS]

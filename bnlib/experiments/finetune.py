@@ -5,11 +5,12 @@ A network with batch norm is pretrained on digits 0-4 with batches of 60 and fin
 digits 5-9 (new classes, and a shifted input distribution: the statistics every batch-norm
 layer sees change) with batches of 2. Three options for the statistics, each an arm of
 :func:`bnlib.experiments.protocol.run` with its own learning rate
-(:data:`FINETUNE_OPTIONS`):
+(``FINETUNE_OPTIONS``):
 
 - ``"updated"``: batch norm in training mode: it normalizes with two-sample statistics and
   its running statistics follow them;
-- ``"frozen"``: the pretraining statistics, fixed (:class:`FrozenStatsBatchNorm`);
+- ``"frozen"``: the pretraining statistics, fixed
+  (:class:`~bnlib.experiments.frozen_bn.FrozenStatsBatchNorm`);
 - ``"recomputed"``: statistics recomputed on the fine-tuning data with the pretrained
   weights (:func:`bnlib.torch.recompute_bn_stats`), then fixed.
 """
@@ -26,6 +27,7 @@ from bnlib.torch.precise import recompute_bn_stats
 from .data import Split
 from .frozen_bn import freeze_batch_norm_stats
 from .models import mlp
+from .precision import cast_like
 from .protocol import Arm
 from .train import train
 
@@ -61,7 +63,7 @@ def class_subset(split: Split, classes: Iterable[int]) -> Split:
 def finetune_arms(pretrain: Split, finetune: Split, pretrain_lr: float,
                   pretrain_steps: int = 300, batch_size: int = 2,
                   eval_every: int = 50) -> list[Arm]:
-    """The options of :data:`FINETUNE_OPTIONS` as arms that fine-tune a pretrained
+    """The options of ``FINETUNE_OPTIONS`` as arms that fine-tune a pretrained
     network.
 
     Each arm's ``build`` returns a copy of ``mlp(norm="batch", activation="relu")``
@@ -69,6 +71,9 @@ def finetune_arms(pretrain: Split, finetune: Split, pretrain_lr: float,
     at ``pretrain_lr``, with batch norm prepared as the option says. The pretrained network
     depends on the seed the runner set (read back with ``torch.initial_seed()``), so the
     seeds vary pretraining and fine-tuning alike; it is trained once per seed and cached.
+    Models are built in the dtype of ``pretrain``'s inputs
+    (:func:`~bnlib.experiments.precision.cast_like`: float64 with
+    :func:`~bnlib.experiments.precision.double_split`).
 
     Args:
         pretrain: the pretraining data.
@@ -93,7 +98,8 @@ def finetune_arms(pretrain: Split, finetune: Split, pretrain_lr: float,
         seed = torch.initial_seed()
         if seed not in cache:
             torch.manual_seed(seed)
-            model = mlp(pretrain.num_features, activation="relu", norm="batch")
+            model = cast_like(lambda: mlp(pretrain.num_features, activation="relu",
+                                          norm="batch"), pretrain)()
             train(model, pretrain, pretrain_steps, lr=pretrain_lr, seed=seed,
                   eval_every=pretrain_steps, test=False, train_accuracy=False)
             cache[seed] = model

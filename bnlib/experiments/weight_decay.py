@@ -17,13 +17,14 @@ from bnlib.torch.precise import batch_norm_layers, is_batch_norm
 
 from .data import Split
 from .models import mlp
+from .precision import cast_like
 from .protocol import Arm
 from .train import History, train
 
 __all__ = ["DECAY_TARGETS", "DecayRun", "ScaleRecord", "add_weight_decay",
            "decay_arms", "decayed_parameters", "scale_invariance", "train_weight_decay"]
 
-#: Which parameters weight decay acts on: none; every ``Linear``/``Conv`` weight but not
+#: Which parameters weight decay acts on, in order none; every ``Linear``/``Conv`` weight but not
 #: batch norm's :math:`\gamma, \beta` nor biases (the usual practice); every parameter.
 DECAY_TARGETS = ("none", "weights", "all")
 
@@ -190,7 +191,8 @@ def train_weight_decay(model: nn.Sequential, split: Split, decay_on: str,
     return run
 
 
-def decay_arms(weight_decay: float = 5e-3, eval_every: int = 50, **mlp_kwargs) -> list[Arm]:
+def decay_arms(weight_decay: float = 5e-3, eval_every: int = 50, split: Split | None = None,
+               **mlp_kwargs) -> list[Arm]:
     """One arm of :func:`bnlib.experiments.protocol.run` per target of
     :data:`DECAY_TARGETS`: ``mlp(norm="batch", activation="relu")`` initialized for ReLU,
     with L2 weight decay on those parameters (:func:`add_weight_decay`).
@@ -198,15 +200,23 @@ def decay_arms(weight_decay: float = 5e-3, eval_every: int = 50, **mlp_kwargs) -
     Args:
         weight_decay: :math:`\\lambda`. Default: ``5e-3``.
         eval_every: steps between evaluations. Default: ``50``.
+        split: when given, models are built in the dtype of its inputs
+            (:func:`~bnlib.experiments.precision.cast_like`; float64 with
+            :func:`~bnlib.experiments.precision.double_split`). Default: ``None``
+            (PyTorch's default dtype).
         **mlp_kwargs: sizes for :func:`~bnlib.experiments.mlp`.
 
     Example:
         >>> [arm.name for arm in decay_arms()]
         ['none', 'weights', 'all']
     """
+    def net() -> nn.Module:
+        return mlp(norm="batch", activation="relu", **mlp_kwargs)
+
+    make = net if split is None else cast_like(net, split)
+
     def build(decay_on: str) -> nn.Module:
-        net = mlp(norm="batch", activation="relu", **mlp_kwargs)
-        return add_weight_decay(net, decay_on, weight_decay)
+        return add_weight_decay(make(), decay_on, weight_decay)
 
     return [Arm(d, lambda d=d: build(d), train_kwargs={"eval_every": eval_every})
             for d in DECAY_TARGETS]
