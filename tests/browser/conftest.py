@@ -51,7 +51,8 @@ def html_pages():
     pages = []
     for path in sorted(HTML_DIR.rglob("*.html")):
         rel = path.relative_to(HTML_DIR)
-        if rel.parts[0] not in NOT_PAGES:
+        # Asset folders sit at the top of each edition: _static/, zh/_static/, ...
+        if not set(rel.parts[:2]) & NOT_PAGES:
             pages.append(rel.as_posix())
     return pages
 
