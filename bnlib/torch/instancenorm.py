@@ -56,6 +56,14 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
     # torch checks the affine parameters' dtype against the input's (the batch-norm rule) but
     # accepts running buffers of any floating dtype here: they are cast, as in torch.
     check_dtypes(input, weight, bias, op="instance_norm")
+    if (running_mean is not None and weight is None and bias is not None
+            and input.dtype in (torch.float16, torch.bfloat16) and bias.dtype != input.dtype):
+        # torch 2.13's CPU kernel refuses a float32 bias without a weight when there are
+        # running buffers (it accepts one without buffers, or with a float32 weight too)
+        raise NormError(f"mixed dtype (CPU): instance_norm got input of dtype {input.dtype}, "
+                        f"running buffers and a bias of dtype {bias.dtype} but no weight; "
+                        f"torch requires that bias to be {input.dtype} (or pass a float32 "
+                        "weight, e.g. torch.ones_like(bias))")
     n, c = input.shape[:2]
     # Instance norm is batch norm of a batch of one with N * C channels (torch does the same).
     # torch reshapes a contiguous copy, so the output and the input gradient are contiguous.
@@ -73,8 +81,14 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
         raise NormError(f"Expected more than 1 spatial element when training, "
                         f"got input size {input.size()}")
     # Per-instance running buffers, updated by the core, then averaged over the batch.
-    mean_rep = None if running_mean is None else running_mean.repeat(n)
-    var_rep = None if running_var is None else running_var.repeat(n)
+    # torch updates them in the input's dtype (float32 buffers stay float32 for a
+    # float16/bfloat16 input: the mixed-precision pattern), then casts back to the buffers'.
+    stat_dtype = input.dtype
+    if running_mean is not None and input.dtype in (torch.float16, torch.bfloat16) \
+            and running_mean.dtype == torch.float32:
+        stat_dtype = torch.float32
+    mean_rep = None if running_mean is None else running_mean.to(stat_dtype).repeat(n)
+    var_rep = None if running_var is None else running_var.to(stat_dtype).repeat(n)
     out = BatchNormFunction.apply(x, weight, bias, eps, mean_rep, var_rep, momentum)
     with torch.no_grad():
         if running_mean is not None:

@@ -117,9 +117,23 @@ def _call(impl, op, x, args, kwargs):
     return getattr(impl.F, op)(x, *args, **kwargs)
 
 
+# Known divergences of bnlib.torch (open bugs, listed in tests/README.md): strict expected
+# failures, so the entry must go when bnlib is fixed.
+KNOWN_DIVERGENCES = {
+    ("instance_norm", torch.float16): "D11: sample 0 ((5, 5, 5), momentum 0.5, eps 0.6, "
+    "float16 weight/bias/buffers) is the first to fail: outputs up to one float16 ulp off "
+    "torch's in 20 of 125 values, some beyond the f16 tolerance; the reduced-precision rounding of torch's kernel (statistics "
+    "and affine map in float32, one final rounding) is not reproduced yet",
+    ("instance_norm", torch.bfloat16): "D11: sample 1 is the first to fail, as for float16 (one bfloat16 ulp, 21 of 125 values)",
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("op", list(OPS))
-def test_samples_run_and_match_torch(impl, op, dtype):
+def test_samples_run_and_match_torch(request, impl, op, dtype):
+    if impl.name == "bnlib.torch" and (op, dtype) in KNOWN_DIVERGENCES:
+        request.applymarker(pytest.mark.xfail(strict=True,
+                                              reason=KNOWN_DIVERGENCES[op, dtype]))
     ref_impl = IMPLS["torch.nn"]
     for i, (x, args, kwargs) in enumerate(samples(op, dtype, requires_grad=False)):
         ref_args, ref_kwargs = _clone(args), {k: _clone(v) for k, v in kwargs.items()}
