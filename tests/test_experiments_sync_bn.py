@@ -2,7 +2,7 @@
 agree across the two processes, synchronized BN trains with one sample per process, and
 every mode is reported."""
 from bnlib.experiments.sync_bn import local_and_sync_accuracy, sync_demo
-from bnlib.torch.sync import launch
+from bnlib.experiments.data_parallel import launch
 
 
 def test_two_processes_agree_and_every_mode_is_reported():

@@ -1,7 +1,7 @@
 """Chapter 7b's data-parallel experiment in float64: per-process ("local") against
 synchronized batch norm, so that the runs reproduce on other CPUs.
 
-:func:`bnlib.torch.data_parallel.compare_local_and_sync_bn` trains in float32, and a few
+:func:`bnlib.experiments.data_parallel.compare_local_and_sync_bn` trains in float32, and a few
 hundred steps amplify last-bit differences between CPU kernels into a different test
 accuracy; :func:`local_and_sync_accuracy` runs the same experiment in float64 (see
 :mod:`bnlib.experiments.precision`). Both are meant to run in every process of a group
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from bnlib.torch.data_parallel import normalization_error, train_data_parallel
+from bnlib.experiments.data_parallel import normalization_error, train_data_parallel
 from bnlib.torch.sync import SyncBatchNorm
 
 from .data import load_digits_split
@@ -28,7 +28,7 @@ def local_and_sync_accuracy(rank: int, world_size: int, per_process_batches: Seq
                             seeds: Sequence[int], steps: int, lr: float = 0.5
                             ) -> dict[tuple[str, int, int], float]:
     """Test accuracy of an MLP (two hidden layers of 64 sigmoid units, BN, float64) trained
-    data-parallel with :func:`bnlib.torch.data_parallel.train_data_parallel`, with
+    data-parallel with :func:`bnlib.experiments.data_parallel.train_data_parallel`, with
     per-process and with synchronized statistics.
 
     Args:
@@ -63,7 +63,7 @@ def local_and_sync_accuracy(rank: int, world_size: int, per_process_batches: Seq
 def sync_demo(rank: int, world_size: int, error_batches: Sequence[int],
               accuracy_batches: Sequence[int], seeds: Sequence[int], steps: int,
               lr: float = 0.5, draws: int = 30) -> dict[str, dict]:
-    """:func:`bnlib.torch.data_parallel.normalization_error` (float64 already) and
+    """:func:`bnlib.experiments.data_parallel.normalization_error` (float64 already) and
     :func:`local_and_sync_accuracy` in one process group: ``{"error": ..., "accuracy": ...}``.
     """
     return {"error": normalization_error(rank, world_size, error_batches, draws),
