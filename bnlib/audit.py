@@ -483,7 +483,7 @@ def verdict(result: CheckResult) -> str:
 
 
 def format_audit(results: dict[str, list[CheckResult]]) -> str:
-    """A plain-text table of :func:`verdict`\ s: one row per check, one column per audited
+    r"""A plain-text table of :func:`verdict`\ s: one row per check, one column per audited
     module.
 
     Args:

@@ -35,7 +35,7 @@ def test_channel_mismatch_is_an_error_not_a_broadcast():
 @pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1), (1, 3, 1, 1)])
 def test_one_value_per_channel_in_training(shape):
     cls = {2: bt.BatchNorm1d, 3: bt.BatchNorm1d, 4: bt.BatchNorm2d}[len(shape)]
-    msg = f"Expected more than 1 value per channel when training, got input size"
+    msg = "Expected more than 1 value per channel when training, got input size"
     with pytest.raises(ValueError, match=msg):
         cls(3)(torch.randn(shape))
     with pytest.raises(ValueError, match=msg):

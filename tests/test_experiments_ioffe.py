@@ -7,7 +7,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from bnlib.experiments import batches, load_digits_split, mlp  # noqa: E402
 from bnlib.experiments import Arm, ResolutionError, run  # noqa: E402

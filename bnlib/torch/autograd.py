@@ -124,8 +124,8 @@ class BatchNormFunction(torch.autograd.Function):
     input gradient): ``(x - mean) * g`` in place, summed, then
     ``dx = g a + x b + c`` per channel. Statistics are accumulated in float32 for half and
     bfloat16 input; the output and input gradient have the input's dtype and torch's memory
-    format. Under ``create_graph=True`` the backward is :func:`batch_norm_backward`, which
-    autograd differentiates again.
+    format. Under ``create_graph=True`` the backward is
+    :func:`~bnlib.torch.autograd.batch_norm_backward`, which autograd differentiates again.
 
     Args (of ``apply``):
         input: ``(N, C, *spatial)``; weight, bias: ``(C,)`` or ``None``; eps: float;
@@ -146,7 +146,7 @@ class BatchNormFunction(torch.autograd.Function):
     def forward(ctx, input: Tensor, weight: Tensor | None, bias: Tensor | None,
                 eps: float = 1e-5, running_mean: Tensor | None = None,
                 running_var: Tensor | None = None, momentum: float = 0.1) -> Tensor:
-        dims, shape = reduce_dims(input.dim()), channel_shape(input.dim(), input.shape[1])
+        shape = channel_shape(input.dim(), input.shape[1])
         acc = opmath_dtype(input.dtype)
         x = input.to(acc)
         m = values_per_channel(input.shape)
@@ -185,7 +185,7 @@ class BatchNormFunction(torch.autograd.Function):
             grads = batch_norm_backward(grad_out, input, weight, ctx.eps, needs)
             grad_bias = None if grads[2] is None else grads[2].to(ctx.bias_dtype)
             return grads[0], grads[1], grad_bias, None, None, None, None
-        dims, shape = reduce_dims(input.dim()), channel_shape(input.dim(), input.shape[1])
+        shape = channel_shape(input.dim(), input.shape[1])
         acc = opmath_dtype(input.dtype)
         x, g = input.to(acc), grad_out.to(acc)
         m = values_per_channel(input.shape)
@@ -215,7 +215,7 @@ class BatchNormFunction(torch.autograd.Function):
 
 class BatchNormEvalFunction(torch.autograd.Function):
     """Evaluation-mode batch norm with fixed statistics, one fused affine map
-    ``y = x * scale + shift`` per channel (:func:`bnlib.torch._stats.eval_affine`), whose
+    ``y = x * scale + shift`` per channel (``bnlib.torch._stats.eval_affine``), whose
     gradients are taken from the unfolded form:
 
     .. math::

@@ -9,7 +9,6 @@ code such as ``torch.optim.swa_utils.update_bn`` expects.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch.nn.modules import batchnorm as _torch_bn
 

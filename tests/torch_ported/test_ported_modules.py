@@ -24,7 +24,6 @@ from itertools import product
 
 import pytest
 import torch
-from torch import nn
 from torch.testing import make_tensor
 
 from conftest import DTYPE_TOL, IMPLS, TOL
