@@ -300,7 +300,7 @@ def gradient_landscape(model: nn.Module, x: Tensor, y: Tensor, step_sizes: Seque
 
 @dataclass
 class Landscape:
-    """Measurements of :func:`landscape_during_training`, one row per measured step.
+    """Measurements of a :class:`LandscapeRecorder`, one row per measured step.
 
     Attributes:
         steps: ``(M,)`` training steps after which the landscape was measured.

@@ -94,7 +94,8 @@ def run_widening(arms: Sequence[CachedArm], split: Split, steps: int,
         is the final slice of each arm.
 
     Raises:
-        EdgeOfGridError: the best point is at an end of the whole grid.
+        ~bnlib.experiments.protocol.EdgeOfGridError: the best point is at an end of the whole
+            grid.
     """
     grid = tuple(grid)
     merged: Results | None = None

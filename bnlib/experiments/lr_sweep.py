@@ -163,6 +163,7 @@ def sweep_from_choice(choice, target: float) -> dict[str, np.ndarray]:
         target: validation accuracy a usable learning rate must reach on average.
 
     Returns:
+        A dict of arrays,
         ``{"lrs": (L,), "accuracy": (L, S) final validation accuracy (0 when diverged),
         "diverged": (L, S) from :func:`is_diverged`, "usable": (L,) no seed diverged and
         mean accuracy >= target}``. "Usable" here means "reaches the target within the

@@ -1,6 +1,6 @@
 """The experiment protocol every comparison in the book follows.
 
-- Data: train / validation / test (:func:`~bnlib.experiments.data.load_digits_split`);
+- Data: train / validation / test (:func:`~bnlib.experiments.load_digits_split`);
   validation makes every choice, test is evaluated once per run, for the reported number.
 - Each compared configuration (an :class:`Arm`) gets the initialization suited to its
   activation and its own learning rate, chosen on validation from one shared log grid
@@ -32,7 +32,7 @@ __all__ = ["LR_GRID", "Arm", "Comparison", "EdgeOfGridError", "Interval", "LrCho
            "run", "seeds_needed",
            "steps_to_target"]
 
-#: One shared learning-rate grid, half-decade steps: 0.001, 0.00316, 0.01, ..., 3.16, 10.
+#: One shared learning-rate grid in half-decade steps, 0.001, 0.00316, 0.01, ..., 3.16, 10.
 LR_GRID: tuple[float, ...] = tuple(10 ** (k / 2) for k in range(-6, 3))
 
 #: Largest evaluation interval allowed, as a share of a measured steps-to-target.
@@ -279,7 +279,7 @@ class Arm:
             :func:`~bnlib.experiments.init.init_for_activation` with it to the built model;
             ``None`` (default) keeps the model as ``build`` initialized it (``mlp`` and
             ``small_cnn`` initialize for their activation themselves).
-        train_kwargs: extra arguments for :func:`~bnlib.experiments.train.train`
+        train_kwargs: extra arguments for :func:`~bnlib.experiments.train`
             (``batch_size``, ``momentum``, ``eval_every``, ...; not ``lr`` or ``seed``).
 
     Example:
@@ -348,9 +348,9 @@ def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 
     """Train ``arm`` at every learning rate of ``grid`` and seed, and choose the learning
     rate with the best mean ``metric`` on validation (test is never touched).
 
-    Raises :class:`EdgeOfGridError` when the best learning rate is the first or the last
-    of the grid: the optimum may lie outside it. Ties go to the tied learning rate in the
-    middle of the tied ones.
+    Raises :class:`~bnlib.experiments.protocol.EdgeOfGridError` when the best learning rate
+    is the first or the last of the grid: the optimum may lie outside it. Ties go to the
+    tied learning rate in the middle of the tied ones.
 
     ``tie`` says what to do with learning rates that are indistinguishable from the best
     (their intervals overlap the best one's, :meth:`LrChoice.usable`): ``"mean"`` keeps
@@ -365,9 +365,11 @@ def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 
         split: data with a validation set.
         steps: training steps per run.
         seeds: seeds per learning rate (>= 2). Default: ``(0, 1, 2)``.
-        grid: increasing learning rates, a contiguous slice of :data:`LR_GRID` unless the
-            question needs otherwise. Default: :data:`LR_GRID`.
-        metric: see :func:`metric_value`. Default: ``"val_accuracy"`` (final).
+        grid: increasing learning rates, a contiguous slice of
+            :data:`~bnlib.experiments.protocol.LR_GRID` unless the question needs otherwise.
+            Default: :data:`~bnlib.experiments.protocol.LR_GRID`.
+        metric: see :func:`~bnlib.experiments.protocol.metric_value`. Default:
+            ``"val_accuracy"`` (final).
         tie: ``"mean"`` or ``"lower_bound"``, see above. Default: ``"mean"``.
 
     Example:
@@ -510,7 +512,8 @@ def run(arms: Sequence[Arm], split: Split, steps: int, seeds: Sequence[int] = (0
         steps: training steps per run.
         seeds: at least 2 seeds (the protocol asks for >= 3). Default: ``(0, 1, 2)``.
         lr: see above. Default: ``None``.
-        grid, metric: for the choice. Default: :data:`LR_GRID`, ``"val_accuracy"``.
+        grid, metric: for the choice. Default: :data:`~bnlib.experiments.protocol.LR_GRID`,
+            ``"val_accuracy"``.
 
     Returns:
         :class:`Results`.

@@ -32,9 +32,10 @@ def check_renorm_correction(fn: Callable, tol: float = 1e-12) -> CheckResult:
     d_max) -> (r, d)``:
 
     .. math::
-        \sigma = \sqrt{\sigma^2_{\text{running}} + \epsilon}, \qquad
+        \sigma = \sqrt{\sigma^2_{\text{running}} + \epsilon},
+
         r = \operatorname{clip}_{[1/r_{\max},\, r_{\max}]}\Big(\frac{\sigma_B}{\sigma}\Big),
-        \qquad
+
         d = \operatorname{clip}_{[-d_{\max},\, d_{\max}]}\Big(\frac{\mu_B - \mu}{\sigma}\Big).
 
     Both must equal :func:`bnlib.torch.renorm_correction` within ``tol`` (float64) on cases

@@ -73,13 +73,14 @@ def local_and_sync_accuracy(rank: int, world_size: int, per_process_batches: Seq
         grid: the shared grid. Default: :data:`~bnlib.experiments.protocol.LR_GRID`.
 
     Returns:
+        Three dicts,
         ``{"test": {(mode, b, seed): test accuracy}, "lr": {(mode, b): chosen rate},
         "val": {(mode, b, lr): mean validation accuracy}}``, ``mode`` ``"local"`` or
         ``"sync"`` (no ``"local"`` entry for a batch of 1); accuracies of this process's
         model with its running statistics.
 
     Raises:
-        EdgeOfGridError: the best point is at an end of ``grid``.
+        ~bnlib.experiments.protocol.EdgeOfGridError: the best point is at an end of ``grid``.
 
     Example:
         >>> from bnlib.experiments.data_parallel import launch

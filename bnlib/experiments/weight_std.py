@@ -80,7 +80,8 @@ class WSConv2d(nn.Conv2d):
     forward pass.
 
     Args:
-        *args, **kwargs: as ``nn.Conv2d``.
+        *args: as ``nn.Conv2d``.
+        **kwargs: as ``nn.Conv2d``.
         eps: keyword-only, as :func:`standardize_weight`. Default: ``1e-5``.
 
     Shape:

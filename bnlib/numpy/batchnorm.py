@@ -8,7 +8,8 @@ values:
 .. math::
 
     \\mu_c = \\frac{1}{m} \\sum_i x_{ic}, \\qquad
-    \\sigma_c^2 = \\frac{1}{m} \\sum_i (x_{ic} - \\mu_c)^2, \\qquad
+    \\sigma_c^2 = \\frac{1}{m} \\sum_i (x_{ic} - \\mu_c)^2,
+
     \\hat{x}_{ic} = \\frac{x_{ic} - \\mu_c}{\\sqrt{\\sigma_c^2 + \\epsilon}}, \\qquad
     y_{ic} = \\gamma_c \\hat{x}_{ic} + \\beta_c .
 

@@ -36,8 +36,10 @@ The functions here keep the math and the results but move the least data:
 
   .. math::
 
-      \\mu_k = K + \\frac{s_{1,k}}{m_k}, \\quad M_{2,k} = s_{2,k} - \\frac{s_{1,k}^2}{m_k}, \\quad
-      \\mu = \\frac{1}{m}\\sum_k m_k \\mu_k, \\quad
+      \\mu_k = K + \\frac{s_{1,k}}{m_k}, \\quad M_{2,k} = s_{2,k} - \\frac{s_{1,k}^2}{m_k},
+
+      \\mu = \\frac{1}{m}\\sum_k m_k \\mu_k,
+
       M_2 = \\sum_k M_{2,k} + \\sum_k m_k (\\mu_k - \\mu)^2, \\quad \\sigma^2 = \\frac{M_2}{m}.
 
   The relative error of ``sigma^2`` is about ``(1 + (mu - K)^2 / sigma^2)`` times that of
@@ -69,7 +71,8 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_BYTES = 256 * 1024
-"""Bytes of input per block: a block, its scratch and up to four patterns fit in L2 together."""
+"""Bytes of input per block, chosen so a block, its scratch and up to four patterns fit in L2
+together."""
 
 FOLD_MAX_OFFSET = 16.0
 """Largest ``max_c |mu_c| / sigma_c`` for which the output pass folds the mean into the shift

@@ -58,11 +58,11 @@ def check_dtypes(input: Tensor, *params: Tensor | None, op: str = "batch_norm") 
     """Refuse the dtypes torch's CPU normalization kernels refuse (batch, instance, group,
     layer and RMS norm share the rule; the one home of this check).
 
-    The input must be floating point (else :class:`NormTypeError`, torch's
+    The input must be floating point (else :class:`~bnlib.torch._errors.NormTypeError`, torch's
     ``NotImplementedError``). The parameters and buffers given must share one dtype: the
     input's, or float32 for a float16/bfloat16 input (the mixed-precision pattern of CPU
     autocast: statistics and buffers in float32, output in the input's dtype). Anything else
-    is torch's "mixed dtype (CPU)" ``RuntimeError``: a :class:`NormError`.
+    is torch's "mixed dtype (CPU)" ``RuntimeError``: a :class:`~bnlib.torch._errors.NormError`.
 
     Args:
         input: the tensor to normalize.

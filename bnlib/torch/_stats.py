@@ -178,7 +178,8 @@ def merge_moments(count_a: Tensor, mean_a: Tensor, m2_a: Tensor, count_b: Tensor
 
     .. math::
 
-        n = n_a + n_b, \\quad \\delta = \\bar{x}_b - \\bar{x}_a, \\quad
+        n = n_a + n_b, \\quad \\delta = \\bar{x}_b - \\bar{x}_a,
+
         \\bar{x} = \\bar{x}_a + \\delta \\frac{n_b}{n}, \\quad
         M_2 = M_{2,a} + M_{2,b} + \\delta^2 \\frac{n_a n_b}{n}
 

@@ -1,6 +1,6 @@
 """``batch_norm`` with the signature, errors and results of
 ``torch.nn.functional.batch_norm``, computed by the autograd Functions of
-:mod:`bnlib.torch.autograd` from the statistics core :mod:`bnlib.torch._stats`."""
+:mod:`bnlib.torch.autograd` from the statistics core ``bnlib.torch._stats``."""
 from __future__ import annotations
 
 import torch
@@ -69,8 +69,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
     As in torch: a float16/bfloat16 input with float32 parameters and buffers returns the
     input's dtype with statistics kept in float32; an empty input returns an empty output
-    and leaves the buffers alone; the errors are torch's, as :class:`NormError`
-    (a ``ValueError`` and ``RuntimeError``).
+    and leaves the buffers alone; the errors are torch's, as
+    :class:`~bnlib.torch._errors.NormError` (a ``ValueError`` and ``RuntimeError``).
 
     Args:
         input: ``(N, C)`` or ``(N, C, *spatial)``.

@@ -57,7 +57,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     and returned in its own dtype; the output (and the input gradient) is channels_last when
     the input's strides are; one value per group raises (torch checks it in eval mode too);
     an empty batch gives an empty output. The mean is subtracted before the variance is
-    taken, and the mean's own rounding is corrected (:func:`bnlib.torch._common.centre`), so
+    taken, and the mean's own rounding is corrected (``bnlib.torch._common.centre``), so
     a large mean/std ratio costs no float32 accuracy.
 
     Args:
@@ -70,9 +70,10 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
         Input ``(N, C, *)``; output the same.
 
     Raises:
-        NormError: fewer than 2 dims, ``G`` not dividing ``C``, one value per group, a
-            parameter of the wrong size, or dtypes torch refuses ("mixed dtype").
-        NormTypeError: integer or boolean input.
+        ~bnlib.torch._errors.NormError: fewer than 2 dims, ``G`` not dividing ``C``, one
+            value per group, a parameter of the wrong size, or dtypes torch refuses ("mixed
+            dtype").
+        ~bnlib.torch._errors.NormTypeError: integer or boolean input.
 
     Example:
         >>> group_norm(torch.tensor([[1.0, 3.0, 0.0, 4.0]]), 2, eps=0.0)

@@ -31,7 +31,7 @@ def check_normalized_shape(input: Tensor, normalized_shape: Sequence[int],
                            *params: tuple[str, Tensor | None]) -> tuple[int, ...]:
     """The dimensions to normalize over, after checking that ``input`` ends in
     ``normalized_shape`` and that each ``(name, tensor)`` parameter has that shape (PyTorch's
-    wording, raised as :class:`NormError`)."""
+    wording, raised as :class:`~bnlib.torch._errors.NormError`)."""
     shape = list(normalized_shape)
     k = len(shape)
     if k == 0:
@@ -62,7 +62,7 @@ def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | 
     bfloat16 input is normalized in float32 (with float32 or same-dtype parameters) and
     returned in its own dtype; the output and the input gradient are contiguous whatever the
     input's strides. The mean is subtracted before the variance is taken, and the mean's own
-    rounding is corrected (:func:`bnlib.torch._common.centre`), so a large mean/std ratio
+    rounding is corrected (``bnlib.torch._common.centre``), so a large mean/std ratio
     costs no float32 accuracy.
 
     Args:
@@ -75,9 +75,9 @@ def layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | 
         Input ``(*, *normalized_shape)``; output the same.
 
     Raises:
-        NormError: a shape that does not end in ``normalized_shape``, parameters of another
-            shape, or dtypes torch refuses ("mixed dtype").
-        NormTypeError: integer or boolean input.
+        ~bnlib.torch._errors.NormError: a shape that does not end in ``normalized_shape``,
+            parameters of another shape, or dtypes torch refuses ("mixed dtype").
+        ~bnlib.torch._errors.NormTypeError: integer or boolean input.
 
     Example:
         >>> layer_norm(torch.tensor([[1.0, 3.0]]), (2,), eps=0.0)
@@ -123,8 +123,9 @@ def rms_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | No
         Input ``(*, *normalized_shape)``; output the same.
 
     Raises:
-        NormError: a shape that does not end in ``normalized_shape`` or a weight of another
-            shape. NormTypeError: integer or boolean input.
+        ~bnlib.torch._errors.NormError: a shape that does not end in ``normalized_shape``
+            or a weight of another shape.
+        ~bnlib.torch._errors.NormTypeError: integer or boolean input.
 
     Example:
         >>> rms_norm(torch.tensor([[3.0, -3.0]]), (2,), eps=0.0)
