@@ -12,6 +12,7 @@
 * Each Chinese page says how much of its text is translated: untranslated and stale ("fuzzy")
   messages show the current English, so a reader is never shown an outdated translation.
 """
+
 from __future__ import annotations
 
 import html
@@ -33,7 +34,9 @@ def _config_inited(app, config) -> None:
     language = os.environ.get("BNBOOK_LANGUAGE")
     if language:
         if language not in EDITIONS:
-            raise ValueError(f"BNBOOK_LANGUAGE must be one of {sorted(EDITIONS)} (got {language!r})")
+            raise ValueError(
+                f"BNBOOK_LANGUAGE must be one of {sorted(EDITIONS)} (got {language!r})"
+            )
         config.language = language
         title = config.bnbook_titles.get(language)
         if title:
@@ -82,16 +85,27 @@ def markup(text: str, page: str) -> dict[str, list[str]]:
         (['glue:text ch1_ratio:.1f'], ['numref fig-a'], [])
     """
     own = page.rsplit("/", 1)[-1] + ".ipynb::"
-    found: dict[str, list[str]] = {"glue": [], "role": [], "math": [], "code": [], "link": [],
-                                   "local_glue": []}
+    found: dict[str, list[str]] = {
+        "glue": [],
+        "role": [],
+        "math": [],
+        "code": [],
+        "link": [],
+        "local_glue": [],
+    }
     rest = _MATH.sub(lambda m: found["math"].append(" ".join(m.group(0).split())) or " ", text)
     for role, body in _ROLE.findall(rest):
-        target = body.rsplit("<", 1)[1].rstrip(">").strip() if body.rstrip().endswith(">") \
+        target = (
+            body.rsplit("<", 1)[1].rstrip(">").strip()
+            if body.rstrip().endswith(">")
             else body.strip()
+        )
         if role.startswith("glue"):
             if "::" not in target:
                 found["local_glue"].append(target)
-            found["glue"].append(f"{role} {target[len(own):] if target.startswith(own) else target}")
+            found["glue"].append(
+                f"{role} {target[len(own) :] if target.startswith(own) else target}"
+            )
         elif role.startswith("cite"):
             found["role"].append(f"cite {','.join(sorted(k.strip() for k in target.split(',')))}")
         else:
@@ -117,13 +131,17 @@ def lint(root: Path = Path(".")) -> list[str]:
                 continue
             english, chinese = markup(message.id, page), markup(message.string, page)
             if chinese["local_glue"]:
-                problems.append(f"{page}: write the glue key with its document, "
-                                f"{page.rsplit('/', 1)[-1]}.ipynb::{chinese['local_glue'][0]} "
-                                f"(a same-page key vanishes from a translation): {message.id[:60]!r}")
+                problems.append(
+                    f"{page}: write the glue key with its document, "
+                    f"{page.rsplit('/', 1)[-1]}.ipynb::{chinese['local_glue'][0]} "
+                    f"(a same-page key vanishes from a translation): {message.id[:60]!r}"
+                )
             for kind in ("glue", "role", "math", "code", "link"):
                 if english[kind] != chinese[kind]:
-                    problems.append(f"{page}: {kind} differs: English {english[kind]} "
-                                    f"translation {chinese[kind]} in {message.id[:60]!r}")
+                    problems.append(
+                        f"{page}: {kind} differs: English {english[kind]} "
+                        f"translation {chinese[kind]} in {message.id[:60]!r}"
+                    )
     return problems
 
 
@@ -178,8 +196,10 @@ def _twin_link(app, pagename: str) -> str:
         href, label, lang = f"{up}{ZH_DIR}/{pagename}.html", EDITIONS["zh_CN"], "zh-CN"
     else:
         href, label, lang = f"{up}../{pagename}.html", EDITIONS["en"], "en"
-    return (f'<a class="bnbook-twin" href="{html.escape(href)}" hreflang="{lang}" '
-            f'lang="{lang}">{label}</a>')
+    return (
+        f'<a class="bnbook-twin" href="{html.escape(href)}" hreflang="{lang}" '
+        f'lang="{lang}">{label}</a>'
+    )
 
 
 def _progress_note(app, pagename: str) -> str:
@@ -189,8 +209,10 @@ def _progress_note(app, pagename: str) -> str:
     done, total = catalog_progress(po) if po.exists() else (0, 0)
     if total and done == total:
         return '<span class="bnbook-progress">本页已全部译成中文。</span>'
-    return (f'<span class="bnbook-progress">本页 {total} 段文字中已译 {done} 段；'
-            f'其余显示英文原文（英文更新后尚未重译的段落也显示英文）。</span>')
+    return (
+        f'<span class="bnbook-progress">本页 {total} 段文字中已译 {done} 段；'
+        f"其余显示英文原文（英文更新后尚未重译的段落也显示英文）。</span>"
+    )
 
 
 def _page_context(app, pagename, templatename, context, doctree) -> None:
@@ -202,8 +224,9 @@ def _page_context(app, pagename, templatename, context, doctree) -> None:
     note = _progress_note(app, pagename)
     if not (twin or note):
         return
-    banner = (f'<div class="bnbook-language" role="navigation" aria-label="language">'
-              f'{twin}{note}</div>')
+    banner = (
+        f'<div class="bnbook-language" role="navigation" aria-label="language">{twin}{note}</div>'
+    )
     context["body"] = banner + context["body"]
 
 
@@ -219,8 +242,10 @@ def check(pot_dir: Path, root: Path = Path(".")) -> list[str]:
     from babel.messages.pofile import read_po
 
     problems, catalogs = [], _catalogs(root)
-    templates = {p.relative_to(pot_dir).with_suffix("").as_posix(): p
-                 for p in sorted(Path(pot_dir).rglob("*.pot"))}
+    templates = {
+        p.relative_to(pot_dir).with_suffix("").as_posix(): p
+        for p in sorted(Path(pot_dir).rglob("*.pot"))
+    }
     for page, pot in templates.items():
         if page not in catalogs:
             problems.append(f"{page}: no catalog locales/zh_CN/LC_MESSAGES/{page}.po")

@@ -14,6 +14,7 @@ files named by ``BNBOOK_NBVAL_XML`` and ``BNBOOK_NBVAL_OTHER_CPU_XML``), and, fr
 notebook, how many text outputs and glued values nbval compares and how many figures it
 does not (it compares text, not images). Without a report it says so and how to make one.
 """
+
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
 PROSE_WPM = 200  # words per minute, a common estimate for technical prose
-CODE_WPM = 100   # code is read about half as fast
+CODE_WPM = 100  # code is read about half as fast
 HIDDEN_TAGS = {"remove-input", "remove-cell", "hide-input", "hide-cell"}
 TEXT_MIMES = ("text/plain", "text/html", "text/latex", "image/svg+xml")
 
@@ -47,6 +48,7 @@ def _chapters(srcdir):
         elif isinstance(entry, list):
             for item in entry:
                 walk(item)
+
     walk(toc)
     found = []
     for name in files:
@@ -78,9 +80,16 @@ def reading_minutes(path):
 
 
 def _xref(docname, refdoc):
-    node = addnodes.pending_xref("", nodes.inline("", docname), refdomain="std",
-                                 reftype="doc", reftarget="/" + docname, refdoc=refdoc,
-                                 refexplicit=False, refwarn=True)
+    node = addnodes.pending_xref(
+        "",
+        nodes.inline("", docname),
+        refdomain="std",
+        reftype="doc",
+        reftarget="/" + docname,
+        refdoc=refdoc,
+        refexplicit=False,
+        refwarn=True,
+    )
     return node
 
 
@@ -101,6 +110,7 @@ def _table(header, rows, widths=None):
                 entry += nodes.paragraph("", str(cell))
             tr += entry
         return tr
+
     head = nodes.thead()
     head += row(header)
     group += head
@@ -140,8 +150,10 @@ class ReadingTimes(Directive):
         for prefix_list in (p for _, p in paths):
             for prefix in prefix_list:
                 if not any(_in_path(Path(doc).name, [prefix]) for doc, _ in chapters):
-                    logger.warning(f"reading-times: no chapter notebook {prefix}_* in _toc.yml",
-                                   location=self.get_location())
+                    logger.warning(
+                        f"reading-times: no chapter notebook {prefix}_* in _toc.yml",
+                        location=self.get_location(),
+                    )
         for docname, path in chapters:
             env.note_dependency(str(path))
             minutes = _round5(reading_minutes(path)[0])
@@ -153,9 +165,13 @@ class ReadingTimes(Directive):
                 else:
                     marks.append("")
             rows.append([_xref(docname, env.docname), f"{minutes} min", *marks])
-        rows.append([nodes.strong("", "Total"), "",
-                     *[f"{total / 60:.1f} h" if total >= 60 else f"{total} min"
-                       for total in totals]])
+        rows.append(
+            [
+                nodes.strong("", "Total"),
+                "",
+                *[f"{total / 60:.1f} h" if total >= 60 else f"{total} min" for total in totals],
+            ]
+        )
         header = ["Chapter", "Reading time", *[name for name, _ in paths]]
         return [_table(header, rows, [6, 2] + [2] * len(paths))]
 
@@ -188,8 +204,11 @@ def compared_outputs(path):
             continue
         tags = set(cell.get("metadata", {}).get("tags", []))
         source = "".join(cell["source"])
-        ignored = ({"nbval-ignore-output", "nbval-skip"} & tags
-                   or "NBVAL_IGNORE_OUTPUT" in source or "NBVAL_SKIP" in source)
+        ignored = (
+            {"nbval-ignore-output", "nbval-skip"} & tags
+            or "NBVAL_IGNORE_OUTPUT" in source
+            or "NBVAL_SKIP" in source
+        )
         for output in cell.get("outputs", []):
             if "image/png" in output.get("data", {}) or "image/jpeg" in output.get("data", {}):
                 figures += 1
@@ -208,17 +227,22 @@ class VerificationTable(Directive):
         env = self.state.document.settings.env
         srcdir = Path(env.srcdir)
         native, native_path = _nbval_report(srcdir, "BNBOOK_NBVAL_XML", "nbval.xml")
-        other, other_path = _nbval_report(srcdir, "BNBOOK_NBVAL_OTHER_CPU_XML",
-                                          "nbval-other-cpu.xml")
+        other, other_path = _nbval_report(
+            srcdir, "BNBOOK_NBVAL_OTHER_CPU_XML", "nbval-other-cpu.xml"
+        )
         for report in (native_path, other_path):
             if report.is_file():
                 env.note_dependency(str(report))
         output = []
         if native is None:
-            output.append(nodes.paragraph(
-                "", "The execution columns are filled in by the test command: this build "
-                "found no nbval report (scripts/test writes _build/nbval.xml and "
-                "_build/nbval-other-cpu.xml before it builds the book)."))
+            output.append(
+                nodes.paragraph(
+                    "",
+                    "The execution columns are filled in by the test command: this build "
+                    "found no nbval report (scripts/test writes _build/nbval.xml and "
+                    "_build/nbval-other-cpu.xml before it builds the book).",
+                )
+            )
 
         def run_cells(report, stem):
             if report is None or stem not in report:
@@ -238,11 +262,18 @@ class VerificationTable(Directive):
             cells, native_time = run_cells(native, stem)
             _, other_time = run_cells(other, stem)
             text, glued, figures = compared_outputs(path)
-            rows.append([_xref(docname, env.docname), cells, native_time, other_time,
-                         text, glued, figures])
-        header = ["Chapter", "Cells executed (result)", "Time, native", "Time, other CPU",
-                  "Text outputs compared", "Glued values compared",
-                  "Figures (not compared)"]
+            rows.append(
+                [_xref(docname, env.docname), cells, native_time, other_time, text, glued, figures]
+            )
+        header = [
+            "Chapter",
+            "Cells executed (result)",
+            "Time, native",
+            "Time, other CPU",
+            "Text outputs compared",
+            "Glued values compared",
+            "Figures (not compared)",
+        ]
         output.append(_table(header, rows, [5, 4, 2, 2, 2, 2, 2]))
         return output
 

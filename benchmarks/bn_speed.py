@@ -26,6 +26,7 @@ Usage::
 The clock is the process's CPU time by default (``--clock cpu``), which a machine shared with
 other jobs disturbs less than wall time; ``--clock wall`` uses ``time.perf_counter``.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,15 +49,23 @@ import torch.nn.functional as F  # noqa: E402
 
 import bnlib.torch as bt  # noqa: E402
 from bnlib.timing import time_alternating  # noqa: E402
-from bnlib.numpy import (batch_norm_backward, batch_norm_backward_fast,  # noqa: E402
-                         batch_norm_forward, batch_norm_forward_fast)
+from bnlib.numpy import (  # noqa: E402
+    batch_norm_backward,
+    batch_norm_backward_fast,
+    batch_norm_forward,
+    batch_norm_forward_fast,
+)
 
 FULL_SHAPES = [(4096, 1024), (64, 64, 56, 56), (256, 128, 14, 14)]
 QUICK_SHAPES = [(256, 64), (4, 16, 14, 14), (16, 32, 7, 7)]
 PASSES = {"forward": 3, "forward+backward": 8}  # bytes moved, in units of S
 VARIANTS = ["teaching", "fast", "bt-eager", "bt-compiled", "native"]
-TARGETS = {"fast_vs_native": 1.0, "compiled_vs_native_nchw": 1.0, "fast_bandwidth": 0.3,
-           "eager_fwd_bwd_vs_native": 1.5}
+TARGETS = {
+    "fast_vs_native": 1.0,
+    "compiled_vs_native_nchw": 1.0,
+    "fast_bandwidth": 0.3,
+    "eager_fwd_bwd_vs_native": 1.5,
+}
 
 
 def limit_threads() -> str:
@@ -67,8 +76,11 @@ def limit_threads() -> str:
     except ImportError:
         return "threadpoolctl missing; BLAS threads from OPENBLAS_NUM_THREADS=1"
     threadpool_limits(1)
-    return ", ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture', '')} "
-                     f"threads={i['num_threads']}" for i in threadpool_info())
+    return ", ".join(
+        f"{i['internal_api']} {i.get('version')} {i.get('architecture', '')} "
+        f"threads={i['num_threads']}"
+        for i in threadpool_info()
+    )
 
 
 @dataclass
@@ -110,9 +122,11 @@ def torch_fn(fn, x, gamma, beta, dy, backward: bool):
     xt, wt, bt_ = (torch.from_numpy(a.copy()) for a in (x, gamma, beta))
     dyt = torch.from_numpy(dy)
     if not backward:
+
         def run():
             with torch.no_grad():
                 fn(xt, None, None, wt, bt_, True)
+
         return run
     for t in (xt, wt, bt_):
         t.requires_grad_(True)
@@ -120,6 +134,7 @@ def torch_fn(fn, x, gamma, beta, dy, backward: bool):
     def run_backward():
         fn(xt, None, None, wt, bt_, True).backward(dyt)
         xt.grad = wt.grad = bt_.grad = None  # as zero_grad(set_to_none=True)
+
     return run_backward
 
 
@@ -180,22 +195,36 @@ def measure(cases: list[Case], repeats: int, clock) -> dict:
 def report(cases, med, args, blas: str) -> dict:
     """Print the table and the targets; return the JSON summary."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"# bn_speed: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"# python {platform.python_version()}, numpy {np.__version__}, torch "
-          f"{torch.__version__}, torch threads {torch.get_num_threads()}; BLAS: {blas}")
-    print(f"# clock: {args.clock} time, median of {args.repeats} alternating repeats; float32; "
-          "bandwidth counts 3S bytes forward, 8S forward+backward")
+    print(
+        f"# bn_speed: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    print(
+        f"# python {platform.python_version()}, numpy {np.__version__}, torch "
+        f"{torch.__version__}, torch threads {torch.get_num_threads()}; BLAS: {blas}"
+    )
+    print(
+        f"# clock: {args.clock} time, median of {args.repeats} alternating repeats; float32; "
+        "bandwidth counts 3S bytes forward, 8S forward+backward"
+    )
     print()
-    print("| shape | pass | copy GB/s | implementation | median ms | x native | GB/s "
-          "| fraction of copy |")
+    print(
+        "| shape | pass | copy GB/s | implementation | median ms | x native | GB/s "
+        "| fraction of copy |"
+    )
     print("|---|---|---:|---|---:|---:|---:|---:|")
-    summary = {"ratios_fast_numpy_vs_native": {}, "bandwidth_fraction_fast_numpy": {},
-               "ratios_compiled_vs_native": {}, "ratios_eager_vs_native": {},
-               "bandwidth_fraction_native": {},
-               "copy_bandwidth_gbps": {}, "clock": args.clock, "repeats": args.repeats,
-               "load_average_1min": round(load[0], 2)}
+    summary = {
+        "ratios_fast_numpy_vs_native": {},
+        "bandwidth_fraction_fast_numpy": {},
+        "ratios_compiled_vs_native": {},
+        "ratios_eager_vs_native": {},
+        "bandwidth_fraction_native": {},
+        "copy_bandwidth_gbps": {},
+        "clock": args.clock,
+        "repeats": args.repeats,
+        "load_average_1min": round(load[0], 2),
+    }
     for case in cases:
         t_copy = med[(case.key, "copy")]
         copy_bw = 2 * case.nbytes / t_copy / 1e9
@@ -210,8 +239,13 @@ def report(cases, med, args, blas: str) -> dict:
             t = med[(case.key, name)]
             bw = moved / t / 1e9
             ratio = t / t_native
-            print("| " + " | ".join(cells + [f"{t * 1e3:.2f}", f"{ratio:.2f}", f"{bw:.1f}",
-                                             f"{bw / copy_bw:.2f}"]) + " |")
+            print(
+                "| "
+                + " | ".join(
+                    cells + [f"{t * 1e3:.2f}", f"{ratio:.2f}", f"{bw:.1f}", f"{bw / copy_bw:.2f}"]
+                )
+                + " |"
+            )
             if name == "fast":
                 summary["ratios_fast_numpy_vs_native"][case.key] = round(ratio, 3)
                 summary["bandwidth_fraction_fast_numpy"][case.key] = round(bw / copy_bw, 3)
@@ -224,21 +258,38 @@ def report(cases, med, args, blas: str) -> dict:
     print()
     fast_r = summary["ratios_fast_numpy_vs_native"]
     fast_bw = summary["bandwidth_fraction_fast_numpy"]
-    comp = {k: v for k, v in summary["ratios_compiled_vs_native"].items()
-            if len(k.split("/")[0].split("x")) == 4}
-    eager = {k: v for k, v in summary["ratios_eager_vs_native"].items()
-             if k.endswith("/forward+backward")}
+    comp = {
+        k: v
+        for k, v in summary["ratios_compiled_vs_native"].items()
+        if len(k.split("/")[0].split("x")) == 4
+    }
+    eager = {
+        k: v
+        for k, v in summary["ratios_eager_vs_native"].items()
+        if k.endswith("/forward+backward")
+    }
     checks = [
-        (f"bnlib.torch eager forward+backward <= {TARGETS['eager_fwd_bwd_vs_native']}x native "
-         "on every shape", max(eager.values()),
-         max(eager.values()) <= TARGETS["eager_fwd_bwd_vs_native"]),
-        (f"fast NumPy <= {TARGETS['fast_vs_native']}x native on every case",
-         max(fast_r.values()), max(fast_r.values()) <= TARGETS["fast_vs_native"]),
-        (f"bnlib.torch compiled <= {TARGETS['compiled_vs_native_nchw']}x native on NCHW",
-         max(comp.values()) if comp else None,
-         bool(comp) and max(comp.values()) <= TARGETS["compiled_vs_native_nchw"]),
-        (f"fast NumPy >= {TARGETS['fast_bandwidth']} of copy bandwidth on every case",
-         min(fast_bw.values()), min(fast_bw.values()) >= TARGETS["fast_bandwidth"]),
+        (
+            f"bnlib.torch eager forward+backward <= {TARGETS['eager_fwd_bwd_vs_native']}x native "
+            "on every shape",
+            max(eager.values()),
+            max(eager.values()) <= TARGETS["eager_fwd_bwd_vs_native"],
+        ),
+        (
+            f"fast NumPy <= {TARGETS['fast_vs_native']}x native on every case",
+            max(fast_r.values()),
+            max(fast_r.values()) <= TARGETS["fast_vs_native"],
+        ),
+        (
+            f"bnlib.torch compiled <= {TARGETS['compiled_vs_native_nchw']}x native on NCHW",
+            max(comp.values()) if comp else None,
+            bool(comp) and max(comp.values()) <= TARGETS["compiled_vs_native_nchw"],
+        ),
+        (
+            f"fast NumPy >= {TARGETS['fast_bandwidth']} of copy bandwidth on every case",
+            min(fast_bw.values()),
+            min(fast_bw.values()) >= TARGETS["fast_bandwidth"],
+        ),
     ]
     for text, value, met in checks:
         shown = "not measured" if value is None else f"worst {value:.2f}"
@@ -249,12 +300,20 @@ def report(cases, med, args, blas: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small shapes {QUICK_SHAPES} for a smoke test")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per implementation (default 21, --quick 5)")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="skip torch.compile (its first compile takes minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"small shapes {QUICK_SHAPES} for a smoke test"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per implementation (default 21, --quick 5)",
+    )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip torch.compile (its first compile takes minutes)",
+    )
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--json", action="store_true", help="print a final JSON line")
     args = parser.parse_args(argv)
@@ -263,8 +322,9 @@ def main(argv=None) -> dict:
         parser.error("--repeats must be at least 1")
     blas = limit_threads()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    cases = build_cases(QUICK_SHAPES if args.quick else FULL_SHAPES, not args.no_compile,
-                        np.random.default_rng(0))
+    cases = build_cases(
+        QUICK_SHAPES if args.quick else FULL_SHAPES, not args.no_compile, np.random.default_rng(0)
+    )
     warm_up(cases)
     summary = report(cases, measure(cases, args.repeats, clock), args, blas)
     if args.json:

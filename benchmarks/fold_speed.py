@@ -8,6 +8,7 @@ torch.nn.BatchNorm2d (one fused kernel: the fair baseline). Outputs are checked 
 
 Run: ``python benchmarks/fold_speed.py`` (about 20 s on an idle core; one thread, CPU).
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,11 @@ def compare(batch_size: int, rounds: int = 7, channels: int = 16) -> dict[str, f
             if isinstance(m, bt.BatchNorm2d):
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
-    models = {"bnlib BN": eager.eval(), "torch BN": with_torch_bn(eager),
-              "folded": fold_all_bn(eager)}
+    models = {
+        "bnlib BN": eager.eval(),
+        "torch BN": with_torch_bn(eager),
+        "folded": fold_all_bn(eager),
+    }
     x = torch.rand(batch_size, 1, 8, 8)
     with torch.inference_mode():
         for model in models.values():
@@ -55,8 +59,11 @@ def compare(batch_size: int, rounds: int = 7, channels: int = 16) -> dict[str, f
             model(x)
 
     with torch.inference_mode():  # alternate, so drifts in machine load hit all alike
-        times = time_alternating({name: (lambda m=m: passes(m)) for name, m in models.items()},
-                                 repeats=3 * rounds, clock=time.perf_counter)
+        times = time_alternating(
+            {name: (lambda m=m: passes(m)) for name, m in models.items()},
+            repeats=3 * rounds,
+            clock=time.perf_counter,
+        )
     return {name: float(np.median(t)) / inner for name, t in times.items()}
 
 
@@ -64,13 +71,17 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, small_cnn(channels=16) on 8x8 digits-sized input")
     print("median ms per batch; speed-up = eager time / folded time")
-    print(f"{'batch':>6} {'bnlib BN':>9} {'torch BN':>9} {'folded':>8} "
-          f"{'vs bnlib':>9} {'vs torch':>9}")
+    print(
+        f"{'batch':>6} {'bnlib BN':>9} {'torch BN':>9} {'folded':>8} "
+        f"{'vs bnlib':>9} {'vs torch':>9}"
+    )
     for batch_size in (1, 32, 256):
         t = compare(batch_size)
-        print(f"{batch_size:>6} {t['bnlib BN'] * 1e3:>9.3f} {t['torch BN'] * 1e3:>9.3f} "
-              f"{t['folded'] * 1e3:>8.3f} {t['bnlib BN'] / t['folded']:>8.2f}x "
-              f"{t['torch BN'] / t['folded']:>8.2f}x")
+        print(
+            f"{batch_size:>6} {t['bnlib BN'] * 1e3:>9.3f} {t['torch BN'] * 1e3:>9.3f} "
+            f"{t['folded'] * 1e3:>8.3f} {t['bnlib BN'] / t['folded']:>8.2f}x "
+            f"{t['torch BN'] / t['folded']:>8.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The comparison the module tests share: ours against a torch.nn reference, step by step."""
+
 import torch
 
 
-def assert_steps_match(ours, ref, shape, tol, steps=3, seed=0, scale=1.0, shift=0.0,
-                       dtype=torch.float64):
+def assert_steps_match(
+    ours, ref, shape, tol, steps=3, seed=0, scale=1.0, shift=0.0, dtype=torch.float64
+):
     """Feed both modules the same random batches (``randn * scale + shift``) and upstream
     gradients; after every step require equal outputs, input gradients, parameter gradients
     (by name) and buffers (same names, equal values, no autograd history). Returns the last

@@ -4,6 +4,7 @@ with equal parameters, the implementation fixture ``impl`` and one tolerance tab
 Every tolerance used to compare bnlib with torch lives in :data:`TOL`, with the reason for its
 size; tests take ``TOL["f64"]`` etc. instead of typing numbers.
 """
+
 from __future__ import annotations
 
 import types
@@ -17,21 +18,39 @@ import bnlib.torch as bt
 # name -> (rtol, atol, why this size)
 _TOLERANCES = {
     "exact": (0.0, 0.0, "the same operations in the same order: bit-for-bit equal"),
-    "f64": (1e-9, 1e-9, "float64, different summation order: ~1e-15 relative per op, "
-                        "amplified by at most 1e6 for the ill-conditioned cases the tests use"),
+    "f64": (
+        1e-9,
+        1e-9,
+        "float64, different summation order: ~1e-15 relative per op, "
+        "amplified by at most 1e6 for the ill-conditioned cases the tests use",
+    ),
     "f64_tight": (1e-12, 1e-12, "float64 on well-conditioned data (O(1) mean and std)"),
-    "f32": (1e-5, 1e-5, "float32 (eps 1.2e-7), reductions over <= 1e4 values with different "
-                        "order: torch's own TestModule precision (precision = rel_tol = 1e-5)"),
+    "f32": (
+        1e-5,
+        1e-5,
+        "float32 (eps 1.2e-7), reductions over <= 1e4 values with different "
+        "order: torch's own TestModule precision (precision = rel_tol = 1e-5)",
+    ),
     "f16": (1e-3, 1e-3, "float16 output rounding (eps 9.8e-4): one ulp of the result"),
-    "bf16": (1.6e-2, 1e-2, "bfloat16 output rounding (eps 7.8e-3): torch.testing's default "
-                           "for bfloat16"),
-    "noncontig_grad": (0.0, 1e-4, "torch's test_non_contiguous_tensors compares input "
-                                  "gradients with atol=1e-4, rtol=0"),
+    "bf16": (
+        1.6e-2,
+        1e-2,
+        "bfloat16 output rounding (eps 7.8e-3): torch.testing's default for bfloat16",
+    ),
+    "noncontig_grad": (
+        0.0,
+        1e-4,
+        "torch's test_non_contiguous_tensors compares input gradients with atol=1e-4, rtol=0",
+    ),
 }
 TOL = {k: {"rtol": r, "atol": a} for k, (r, a, _) in _TOLERANCES.items()}
 TOL_REASON = {k: why for k, (_, _, why) in _TOLERANCES.items()}
-DTYPE_TOL = {torch.float64: TOL["f64"], torch.float32: TOL["f32"], torch.float16: TOL["f16"],
-             torch.bfloat16: TOL["bf16"]}
+DTYPE_TOL = {
+    torch.float64: TOL["f64"],
+    torch.float32: TOL["f32"],
+    torch.float16: TOL["f16"],
+    torch.bfloat16: TOL["bf16"],
+}
 
 IMPLS = {
     "torch.nn": types.SimpleNamespace(name="torch.nn", nn=nn, F=nn.functional),
@@ -61,6 +80,7 @@ def one_thread():
 def digits():
     """The seeded digits split (flat 64-pixel rows)."""
     from bnlib.experiments import load_digits_split
+
     return load_digits_split()
 
 
@@ -68,6 +88,7 @@ def digits():
 def digit_images():
     """The seeded digits split as ``(N, 1, 8, 8)`` images."""
     from bnlib.experiments import load_digits_split
+
     return load_digits_split(images=True)
 
 

@@ -74,6 +74,7 @@ Run the full 10,000 (about 3 minutes of one CPU core) and print a summary::
 
 CI runs cases 0-1999 (tests/test_fuzz.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,15 +103,22 @@ RATIO = 4.0
 FLOOR_ULPS = 8.0
 
 MODULE_RANKS = {  # class -> input ranks it accepts
-    "BatchNorm1d": (2, 3), "BatchNorm2d": (4,), "BatchNorm3d": (5,),
-    "InstanceNorm1d": (2, 3), "InstanceNorm2d": (3, 4), "InstanceNorm3d": (4, 5),
-    "GroupNorm": (2, 3, 4, 5), "LayerNorm": (1, 2, 3, 4), "RMSNorm": (1, 2, 3, 4),
+    "BatchNorm1d": (2, 3),
+    "BatchNorm2d": (4,),
+    "BatchNorm3d": (5,),
+    "InstanceNorm1d": (2, 3),
+    "InstanceNorm2d": (3, 4),
+    "InstanceNorm3d": (4, 5),
+    "GroupNorm": (2, 3, 4, 5),
+    "LayerNorm": (1, 2, 3, 4),
+    "RMSNorm": (1, 2, 3, 4),
 }
 
 
 @dataclass
 class Outcome:
     """What one implementation produced in one step: a tensor dict or an exception."""
+
     tensors: dict = field(default_factory=dict)
     error: BaseException | None = None
 
@@ -120,6 +128,7 @@ class Divergence(Exception):
 
 
 # --- comparison helpers --------------------------------------------------------------------
+
 
 def _key_strides(t: torch.Tensor):
     return tuple(s for s, n in zip(t.stride(), t.shape) if n > 1)
@@ -154,8 +163,9 @@ def _check_same_meta(name, a, b, problems, strides=True):
 def _nan_mask_ok(name, a, b, problems):
     na, nb = ~torch.isfinite(a.detach().double()), ~torch.isfinite(b.detach().double())
     if not torch.equal(na, nb):
-        problems.append(f"{name}: non-finite values where torch has {int(nb.sum())} "
-                        f"(bnlib {int(na.sum())})")
+        problems.append(
+            f"{name}: non-finite values where torch has {int(nb.sum())} (bnlib {int(na.sum())})"
+        )
         return False
     return True
 
@@ -184,8 +194,10 @@ def compare(name, ours, ref, truth, problems, strides=True, noise=None, min_scal
         return
     eo, er = _rel_err(ours, truth, min_scale), _rel_err(ref, truth, min_scale)
     if eo > RATIO * er + _floor(ours.dtype):
-        problems.append(f"{name}: error vs float64 truth {eo:.3g}, torch's {er:.3g} "
-                        f"(allowed {RATIO} * torch + {_floor(ours.dtype):.2g})")
+        problems.append(
+            f"{name}: error vs float64 truth {eo:.3g}, torch's {er:.3g} "
+            f"(allowed {RATIO} * torch + {_floor(ours.dtype):.2g})"
+        )
 
 
 def families(e: BaseException) -> tuple:
@@ -204,12 +216,15 @@ def compare_errors(step, eo, er, problems) -> bool:
         return True
     missing = [f.__name__ for f in families(er) if not isinstance(eo, f)]
     if missing:
-        problems.append(f"{step}: torch raised {type(er).__name__} ({er}); bnlib's "
-                        f"{type(eo).__name__} ({eo}) is not a {', '.join(missing)}")
+        problems.append(
+            f"{step}: torch raised {type(er).__name__} ({er}); bnlib's "
+            f"{type(eo).__name__} ({eo}) is not a {', '.join(missing)}"
+        )
     return True
 
 
 # --- random inputs -------------------------------------------------------------------------
+
 
 def rand_shape(rng: random.Random, rank: int) -> list[int]:
     return [rng.choice((1, 2, 2, 3, 4)) for _ in range(rank)]
@@ -263,11 +278,19 @@ def relayout(rng: random.Random, t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous()
 
 
-LAYOUTS = ("contiguous", "contiguous", "channels_last", "permuted", "sliced", "size1_strides",
-           "expanded")
+LAYOUTS = (
+    "contiguous",
+    "contiguous",
+    "channels_last",
+    "permuted",
+    "sliced",
+    "size1_strides",
+    "expanded",
+)
 
 
 # --- module cases --------------------------------------------------------------------------
+
 
 def module_config(rng: random.Random) -> dict:
     name = rng.choice(list(MODULE_RANKS))
@@ -294,7 +317,7 @@ def module_config(rng: random.Random) -> dict:
             kwargs["bias"] = False
     else:
         k = rng.randint(1, rank)
-        args = [tuple(shape[rank - k:]) if rng.random() < 0.7 or k > 1 else shape[-1]]
+        args = [tuple(shape[rank - k :]) if rng.random() < 0.7 or k > 1 else shape[-1]]
         if name == "LayerNorm":
             kwargs["eps"] = rng.choice((1e-5, 1e-3, 1e-8))
             kwargs["elementwise_affine"] = rng.random() < 0.8
@@ -312,11 +335,21 @@ def module_config(rng: random.Random) -> dict:
     else:
         in_dtype = rng.choice((F64, F32, F16, BF16))
     steps = [rng.random() < 0.6 for _ in range(rng.randint(1, 3))]
-    return dict(name=name, args=args, kwargs=kwargs, shape=shape, mod_dtype=mod_dtype,
-                in_dtype=in_dtype, layout=rng.choice(LAYOUTS),
-                dy_layout=rng.choice(("contiguous", "same")), steps=steps,
-                state_dict=rng.random() < 0.3, old_state_dict=rng.random() < 0.15,
-                copies=rng.random() < 0.15, double_backward=rng.random() < 0.3)
+    return dict(
+        name=name,
+        args=args,
+        kwargs=kwargs,
+        shape=shape,
+        mod_dtype=mod_dtype,
+        in_dtype=in_dtype,
+        layout=rng.choice(LAYOUTS),
+        dy_layout=rng.choice(("contiguous", "same")),
+        steps=steps,
+        state_dict=rng.random() < 0.3,
+        old_state_dict=rng.random() < 0.15,
+        copies=rng.random() < 0.15,
+        double_backward=rng.random() < 0.3,
+    )
 
 
 def build(lib, cfg, seed):
@@ -340,24 +373,36 @@ def _run_step(m, x, dy, double_backward):
             params = [p for p in m.parameters()]
             wrt = [xx] + params
             if y.requires_grad and y.numel() > 0:
-                grads = torch.autograd.grad(y, wrt, dy.to(y.dtype) if dy.dtype != y.dtype
-                                            else dy, create_graph=double_backward,
-                                            allow_unused=True)
-                for n, gr in zip(["grad_input"] + [f"grad_{n}" for n, _ in
-                                                   m.named_parameters()], grads):
+                grads = torch.autograd.grad(
+                    y,
+                    wrt,
+                    dy.to(y.dtype) if dy.dtype != y.dtype else dy,
+                    create_graph=double_backward,
+                    allow_unused=True,
+                )
+                for n, gr in zip(
+                    ["grad_input"] + [f"grad_{n}" for n, _ in m.named_parameters()], grads
+                ):
                     if gr is not None:
                         out.tensors[n] = gr.detach()
                 if double_backward and grads[0] is not None:
                     v = torch.ones_like(grads[0]) * 0.5 + xx.detach().sin()
                     # a grad_input that does not depend on anything has zero derivatives
-                    gg = torch.autograd.grad((grads[0] * v).sum(), wrt, allow_unused=True) \
-                        if grads[0].requires_grad else [None] * len(wrt)
-                    for n, gr in zip(["gg_input"] + [f"gg_{n}" for n, _ in
-                                                     m.named_parameters()], gg):
-                        out.tensors[n] = torch.zeros_like(wrt[0] if n == "gg_input" else
-                                                          dict(m.named_parameters())[
-                                                              n[3:]]) if gr is None \
+                    gg = (
+                        torch.autograd.grad((grads[0] * v).sum(), wrt, allow_unused=True)
+                        if grads[0].requires_grad
+                        else [None] * len(wrt)
+                    )
+                    for n, gr in zip(
+                        ["gg_input"] + [f"gg_{n}" for n, _ in m.named_parameters()], gg
+                    ):
+                        out.tensors[n] = (
+                            torch.zeros_like(
+                                wrt[0] if n == "gg_input" else dict(m.named_parameters())[n[3:]]
+                            )
+                            if gr is None
                             else gr.detach()
+                        )
             for n, b in m.named_buffers():
                 out.tensors[f"buffer_{n}"] = b.detach().clone()
     except Exception as e:  # noqa: BLE001 - compared with torch's
@@ -377,13 +422,24 @@ def natural_scales(dy: torch.Tensor, weight, eps) -> dict:
     d = dy.detach().double().abs()
     if d.numel() == 0:
         return {}
-    w = 1.0 if weight is None or weight.numel() == 0 else max(1.0, weight.detach().double()
-                                                              .abs().max().item())
+    w = (
+        1.0
+        if weight is None or weight.numel() == 0
+        else max(1.0, weight.detach().double().abs().max().item())
+    )
     inv = 1.0 / math.sqrt(max(eps if eps is not None else 1e-7, 1e-12))
     g_in = d.max().item() * w * inv
     g_p = d.sum().item()
-    return {"grad_input": g_in, "gg_input": g_in * inv, "grad_weight": g_p, "grad_bias": g_p,
-            "grad_w": g_p, "grad_b": g_p, "gg_weight": g_in, "gg_bias": 0.0}
+    return {
+        "grad_input": g_in,
+        "gg_input": g_in * inv,
+        "grad_weight": g_p,
+        "grad_bias": g_p,
+        "grad_w": g_p,
+        "grad_b": g_p,
+        "gg_weight": g_in,
+        "gg_bias": 0.0,
+    }
 
 
 def _compare_outcomes(step, oo, ro, to, problems, strides=True, no=None, scales=None):
@@ -397,9 +453,16 @@ def _compare_outcomes(step, oo, ro, to, problems, strides=True, no=None, scales=
     for k in sorted(keys_o & keys_r):
         truth = None if to is None or to.error is not None else to.tensors.get(k)
         noise = None if no is None or no.error is not None else no.tensors.get(k)
-        compare(f"{step} {k}", oo.tensors[k], ro.tensors[k], truth, problems,
-                strides=strides and not k.startswith(("buffer", "gg_")), noise=noise,
-                min_scale=(scales or {}).get(k, 0.0))
+        compare(
+            f"{step} {k}",
+            oo.tensors[k],
+            ro.tensors[k],
+            truth,
+            problems,
+            strides=strides and not k.startswith(("buffer", "gg_")),
+            noise=noise,
+            min_scale=(scales or {}).get(k, 0.0),
+        )
     return False
 
 
@@ -451,7 +514,8 @@ def run_module_case(rng, g, cfg, seed, problems, bugs):
                 m.train(training)
         x = make_input(rng, g, cfg["shape"], cfg["in_dtype"], cfg["layout"])
         dy = torch.randn(cfg["shape"], generator=g, dtype=F64).to(
-            cfg["in_dtype"] if cfg["in_dtype"].is_floating_point else F32)
+            cfg["in_dtype"] if cfg["in_dtype"].is_floating_point else F32
+        )
         if cfg["dy_layout"] == "same" and x.dim() > 0:
             dy = relayout(rng, dy, cfg["layout"]) if cfg["layout"] != "expanded" else dy
         db = cfg["double_backward"] and cfg["in_dtype"] == F64 and cfg["mod_dtype"] == F64
@@ -459,17 +523,24 @@ def run_module_case(rng, g, cfg, seed, problems, bugs):
         ro = _run_step(ref, x, dy, db)
         # the truth and torch float32 run on contiguous copies: torch's layout bug (below) would
         # make a float64 truth on the strided input wrong too
-        to = _run_step(truth, x.double().contiguous(), dy.double().contiguous(), False) \
-            if truth is not None else None
-        no = _run_step(ref32, x.float().contiguous(), dy.float().contiguous(), False) \
-            if ref32 is not None else None
+        to = (
+            _run_step(truth, x.double().contiguous(), dy.double().contiguous(), False)
+            if truth is not None
+            else None
+        )
+        no = (
+            _run_step(ref32, x.float().contiguous(), dy.float().contiguous(), False)
+            if ref32 is not None
+            else None
+        )
         step = f"step {i} ({'train' if training else 'eval'})"
         if not (x.is_contiguous() and dy.is_contiguous()):
             rc = _run_step(ref_c, x.contiguous(), dy.contiguous(), db)
             bad = _torch_bug(ro, rc, to)
             if bad:
-                bugs.append(f"{step}: torch on strided input wrong in {bad}; "
-                            "its contiguous copy is right")
+                bugs.append(
+                    f"{step}: torch on strided input wrong in {bad}; its contiguous copy is right"
+                )
                 for k in bad:
                     ro.tensors[k] = _restride(rc.tensors[k], ro.tensors[k])
         else:
@@ -484,16 +555,19 @@ def run_module_case(rng, g, cfg, seed, problems, bugs):
             problems.append(f"state_dict keys {list(sd_o)} vs torch {list(sd_r)}")
             return
         fresh_o, fresh_r = build(bt, cfg, seed + 1), build(nn, cfg, seed + 1)
-        for step, m, sd in (("state_dict torch->bnlib", fresh_o, sd_r),
-                            ("state_dict bnlib->torch", fresh_r, sd_o)):
+        for step, m, sd in (
+            ("state_dict torch->bnlib", fresh_o, sd_r),
+            ("state_dict bnlib->torch", fresh_r, sd_o),
+        ):
             try:
                 m.load_state_dict(sd)
             except Exception as e:  # noqa: BLE001
                 problems.append(f"{step}: {type(e).__name__}: {e}")
                 continue
             for k, v in m.state_dict().items():  # what was loaded is what was saved
-                if v.dtype != sd[k].dtype or not torch.equal(torch.nan_to_num(v),
-                                                             torch.nan_to_num(sd[k])):
+                if v.dtype != sd[k].dtype or not torch.equal(
+                    torch.nan_to_num(v), torch.nan_to_num(sd[k])
+                ):
                     problems.append(f"{step}: {k} {v} after loading {sd[k]}")
     if cfg["old_state_dict"] and "num_batches_tracked" in ref.state_dict():
         sd = ref.state_dict()
@@ -504,14 +578,18 @@ def run_module_case(rng, g, cfg, seed, problems, bugs):
                 warnings.simplefilter("ignore")
                 m.load_state_dict(copy.deepcopy(sd), strict=False)
         if int(ours.num_batches_tracked) != int(ref.num_batches_tracked):
-            problems.append(f"old state_dict: num_batches_tracked {int(ours.num_batches_tracked)}"
-                            f" vs torch {int(ref.num_batches_tracked)}")
+            problems.append(
+                f"old state_dict: num_batches_tracked {int(ours.num_batches_tracked)}"
+                f" vs torch {int(ref.num_batches_tracked)}"
+            )
     if cfg["copies"]:
         ours.eval()
         base = _forward_only(ours, x)
-        for how, clone in (("deepcopy", lambda: copy.deepcopy(ours)),
-                           ("pickle", lambda: pickle.loads(pickle.dumps(ours))),
-                           ("torch.save", lambda: _save_load(ours))):
+        for how, clone in (
+            ("deepcopy", lambda: copy.deepcopy(ours)),
+            ("pickle", lambda: pickle.loads(pickle.dumps(ours))),
+            ("torch.save", lambda: _save_load(ours)),
+        ):
             c = _forward_only(clone(), x)
             if compare_errors(how, c.error, base.error, problems):
                 continue
@@ -566,13 +644,15 @@ def _save_load(m):
 
 # --- bad inputs ----------------------------------------------------------------------------
 
+
 def bad_config(rng: random.Random) -> dict:
     cfg = module_config(rng)
     cfg["steps"] = [rng.random() < 0.7]
     cfg["state_dict"] = cfg["old_state_dict"] = cfg["copies"] = False
     name, shape = cfg["name"], cfg["shape"]
-    what = rng.choice(("rank", "channels", "int", "bool", "mixed", "eps", "one_value",
-                       "norm_shape", "groups"))
+    what = rng.choice(
+        ("rank", "channels", "int", "bool", "mixed", "eps", "one_value", "norm_shape", "groups")
+    )
     cfg["bad"] = what
     if what == "rank":
         cfg["shape"] = shape[:-1] if len(shape) > 1 and rng.random() < 0.5 else shape + [2]
@@ -582,7 +662,8 @@ def bad_config(rng: random.Random) -> dict:
         cfg["in_dtype"] = torch.int64 if what == "int" else torch.bool
     elif what == "mixed":
         cfg["mod_dtype"], cfg["in_dtype"] = rng.choice(
-            [(F32, F64), (F64, F32), (F16, F32), (BF16, F32), (F16, BF16), (F32, F16), (F64, BF16)])
+            [(F32, F64), (F64, F32), (F16, F32), (BF16, F32), (F16, BF16), (F32, F16), (F64, BF16)]
+        )
     elif what == "eps" and "eps" in cfg["kwargs"]:
         cfg["kwargs"]["eps"] = rng.choice((0.0, -1.0, -1e-5))
     elif what == "one_value":
@@ -603,13 +684,30 @@ def bad_config(rng: random.Random) -> dict:
 
 # --- functional cases ----------------------------------------------------------------------
 
+
 def _fn_call(lib_f, kind, x, p, opts):
     if kind == "batch_norm":
-        return lib_f.batch_norm(x, p.get("rm"), p.get("rv"), p.get("w"), p.get("b"),
-                                opts["training"], opts["momentum"], opts["eps"])
+        return lib_f.batch_norm(
+            x,
+            p.get("rm"),
+            p.get("rv"),
+            p.get("w"),
+            p.get("b"),
+            opts["training"],
+            opts["momentum"],
+            opts["eps"],
+        )
     if kind == "instance_norm":
-        return lib_f.instance_norm(x, p.get("rm"), p.get("rv"), p.get("w"), p.get("b"),
-                                   opts["training"], opts["momentum"], opts["eps"])
+        return lib_f.instance_norm(
+            x,
+            p.get("rm"),
+            p.get("rv"),
+            p.get("w"),
+            p.get("b"),
+            opts["training"],
+            opts["momentum"],
+            opts["eps"],
+        )
     if kind == "group_norm":
         return lib_f.group_norm(x, opts["groups"], p.get("w"), p.get("b"), opts["eps"])
     if kind == "layer_norm":
@@ -618,13 +716,18 @@ def _fn_call(lib_f, kind, x, p, opts):
 
 
 def functional_config(rng: random.Random, bad: bool) -> dict:
-    kind = rng.choice(("batch_norm", "batch_norm", "instance_norm", "group_norm", "layer_norm",
-                       "rms_norm"))
-    rank = rng.randint(3 if kind == "instance_norm" else (1 if kind in ("layer_norm", "rms_norm")
-                                                          else 2), 5)
+    kind = rng.choice(
+        ("batch_norm", "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm")
+    )
+    rank = rng.randint(
+        3 if kind == "instance_norm" else (1 if kind in ("layer_norm", "rms_norm") else 2), 5
+    )
     shape = rand_shape(rng, rank)
-    opts = {"training": rng.random() < 0.6, "momentum": rng.choice((0.1, 0.0, 1.0, 0.37)),
-            "eps": rng.choice((1e-5, 1e-3, 0.0 if rng.random() < 0.1 else 1e-8))}
+    opts = {
+        "training": rng.random() < 0.6,
+        "momentum": rng.choice((0.1, 0.0, 1.0, 0.37)),
+        "eps": rng.choice((1e-5, 1e-3, 0.0 if rng.random() < 0.1 else 1e-8)),
+    }
     pshape = None
     params = {}
     if kind in ("batch_norm", "instance_norm"):
@@ -640,7 +743,7 @@ def functional_config(rng: random.Random, bad: bool) -> dict:
         pshape = [c]
     else:
         k = rng.randint(1, rank)
-        opts["ns"] = shape[rank - k:]
+        opts["ns"] = shape[rank - k :]
         pshape = opts["ns"]
         if kind == "rms_norm" and rng.random() < 0.4:
             opts["eps"] = None
@@ -661,8 +764,15 @@ def functional_config(rng: random.Random, bad: bool) -> dict:
             pdtype = rng.choice([d for d in (F64, F32, F16, BF16) if d != dtype])
         else:
             opts["eps"] = -1e-3
-    return dict(kind=kind, shape=shape, opts=opts, params=params, dtype=dtype, pdtype=pdtype,
-                layout=rng.choice(LAYOUTS))
+    return dict(
+        kind=kind,
+        shape=shape,
+        opts=opts,
+        params=params,
+        dtype=dtype,
+        pdtype=pdtype,
+        layout=rng.choice(LAYOUTS),
+    )
 
 
 def _known_torch_bug(cfg, raw, ro) -> str | None:
@@ -673,10 +783,16 @@ def _known_torch_bug(cfg, raw, ro) -> str | None:
         return None
     if cfg["kind"] == "group_norm" and "does not have a device" in str(ro.error):
         return "torch.group_norm(x, G, None, bias) raises 'tensor does not have a device'"
-    if cfg["kind"] == "layer_norm" and "expected scalar type" in str(ro.error) \
-            and cfg["dtype"] in (F16, BF16) and cfg["pdtype"] == F32:
-        return ("torch.layer_norm(x_half, shape, None, bias_float32) backward raises "
-                "'expected scalar type ... but found Float'")
+    if (
+        cfg["kind"] == "layer_norm"
+        and "expected scalar type" in str(ro.error)
+        and cfg["dtype"] in (F16, BF16)
+        and cfg["pdtype"] == F32
+    ):
+        return (
+            "torch.layer_norm(x_half, shape, None, bias_float32) backward raises "
+            "'expected scalar type ... but found Float'"
+        )
     return None
 
 
@@ -707,8 +823,9 @@ def run_functional_case(rng, g, cfg, problems, bugs):
                 wrt = [xx] + [p[k] for k in ("w", "b") if k in p]
                 names = ["grad_input"] + [f"grad_{k}" for k in ("w", "b") if k in p]
                 if y.requires_grad and y.numel() > 0:
-                    for n, gr in zip(names, torch.autograd.grad(y, wrt, dyin.to(y.dtype),
-                                                                allow_unused=True)):
+                    for n, gr in zip(
+                        names, torch.autograd.grad(y, wrt, dyin.to(y.dtype), allow_unused=True)
+                    ):
                         if gr is not None:
                             o.tensors[n] = gr
                 for k in ("rm", "rv"):
@@ -738,22 +855,34 @@ def run_functional_case(rng, g, cfg, problems, bugs):
             bugs.append(f"torch.{cfg['kind']} on strided input wrong in {bad}")
             for k in bad:
                 ro.tensors[k] = _restride(results["torch_c"].tensors[k], ro.tensors[k])
-    _compare_outcomes(cfg["kind"], results["ours"], ro, results.get("truth"), problems,
-                      no=results.get("f32"),
-                      scales=natural_scales(dy, raw.get("w"), cfg["opts"]["eps"]))
+    _compare_outcomes(
+        cfg["kind"],
+        results["ours"],
+        ro,
+        results.get("truth"),
+        problems,
+        no=results.get("f32"),
+        scales=natural_scales(dy, raw.get("w"), cfg["opts"]["eps"]),
+    )
 
 
 # --- NumPy cases ---------------------------------------------------------------------------
 
+
 def numpy_config(rng: random.Random) -> dict:
     kind = rng.choice(("layer", "layer", "functions", "float32", "norms"))
     rank = rng.randint(2, 4)
-    return dict(kind=kind, shape=rand_shape(rng, rank), momentum=rng.choice((0.1, None, 0.0,
-                                                                             1.0, 0.3)),
-                affine=rng.random() < 0.8, track=rng.random() < 0.8,
-                eps=rng.choice((1e-5, 1e-3)), steps=[rng.random() < 0.6
-                                                     for _ in range(rng.randint(1, 3))],
-                shift=rng.choice((0.0, 3.0, 1e3, 1e4)), groups_seed=rng.random())
+    return dict(
+        kind=kind,
+        shape=rand_shape(rng, rank),
+        momentum=rng.choice((0.1, None, 0.0, 1.0, 0.3)),
+        affine=rng.random() < 0.8,
+        track=rng.random() < 0.8,
+        eps=rng.choice((1e-5, 1e-3)),
+        steps=[rng.random() < 0.6 for _ in range(rng.randint(1, 3))],
+        shift=rng.choice((0.0, 3.0, 1e3, 1e4)),
+        groups_seed=rng.random(),
+    )
 
 
 EPS_RATIO = torch.finfo(F64).eps / torch.finfo(F32).eps
@@ -779,8 +908,12 @@ def _torch_grads(fn, x, w, b, dy) -> dict:
     t = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
     y = fn(*t)
     y.backward(torch.from_numpy(np.asarray(dy)))
-    return {"out": y.detach().numpy(), "grad_input": t[0].grad.numpy(),
-            "grad_weight": t[1].grad.numpy(), "grad_bias": t[2].grad.numpy()}
+    return {
+        "out": y.detach().numpy(),
+        "grad_input": t[0].grad.numpy(),
+        "grad_weight": t[1].grad.numpy(),
+        "grad_bias": t[2].grad.numpy(),
+    }
 
 
 def _np_close(name, a, b, problems, tol=F64_TOL, min_scale=0.0):
@@ -801,13 +934,24 @@ def run_numpy_case(rng, g, cfg, problems, bugs):
     if shape[0] * math.prod(shape[2:]) == 1:
         shape = [2] + shape[1:]
     c = shape[1]
-    nrng = np.random.default_rng(rng.randrange(2 ** 32))
+    nrng = np.random.default_rng(rng.randrange(2**32))
     if cfg["kind"] == "layer":
-        layer = bnp.BatchNorm(c, eps=cfg["eps"], momentum=cfg["momentum"], affine=cfg["affine"],
-                              track_running_stats=cfg["track"])
+        layer = bnp.BatchNorm(
+            c,
+            eps=cfg["eps"],
+            momentum=cfg["momentum"],
+            affine=cfg["affine"],
+            track_running_stats=cfg["track"],
+        )
         cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shape)]
-        ref = cls(c, eps=cfg["eps"], momentum=cfg["momentum"], affine=cfg["affine"],
-                  track_running_stats=cfg["track"], dtype=F64)
+        ref = cls(
+            c,
+            eps=cfg["eps"],
+            momentum=cfg["momentum"],
+            affine=cfg["affine"],
+            track_running_stats=cfg["track"],
+            dtype=F64,
+        )
         if cfg["affine"]:
             layer.weight, layer.bias = nrng.normal(size=c), nrng.normal(size=c)
             with torch.no_grad():
@@ -836,19 +980,26 @@ def run_numpy_case(rng, g, cfg, problems, bugs):
             _np_close(f"step {i} out", y, r["64"]["out"], problems, tol["out"])
             if training or not cfg["track"]:
                 dx = layer.backward(dy)
-                _np_close(f"step {i} grad_input", dx, r["64"]["grad_input"], problems,
-                          tol["grad_input"])
+                _np_close(
+                    f"step {i} grad_input", dx, r["64"]["grad_input"], problems, tol["grad_input"]
+                )
                 if cfg["affine"]:
                     for n, v in (("weight", layer.grad_weight), ("bias", layer.grad_bias)):
-                        _np_close(f"step {i} grad_{n}", v, r["64"][f"grad_{n}"], problems,
-                                  tol[f"grad_{n}"])
+                        _np_close(
+                            f"step {i} grad_{n}",
+                            v,
+                            r["64"][f"grad_{n}"],
+                            problems,
+                            tol[f"grad_{n}"],
+                        )
             if cfg["track"]:
                 for n in ("running_mean", "running_var"):
-                    _np_close(f"step {i} {n}", getattr(layer, n), r["64"][n], problems,
-                              tol[n])
+                    _np_close(f"step {i} {n}", getattr(layer, n), r["64"][n], problems, tol[n])
                 if layer.num_batches_tracked != int(ref.num_batches_tracked):
-                    problems.append(f"step {i} num_batches_tracked {layer.num_batches_tracked}"
-                                    f" vs torch {int(ref.num_batches_tracked)}")
+                    problems.append(
+                        f"step {i} num_batches_tracked {layer.num_batches_tracked}"
+                        f" vs torch {int(ref.num_batches_tracked)}"
+                    )
         return
     if cfg["kind"] == "norms":
         x = nrng.normal(cfg["shift"], 2.0, size=shape)
@@ -880,9 +1031,10 @@ def run_numpy_case(rng, g, cfg, problems, bugs):
         fn = lambda t, w, b: nn.functional.batch_norm(t, None, None, w, b, True, 0.1, 1e-5)  # noqa: E731
         r64 = _torch_grads(fn, x64, gamma, beta, dy64)
         r32 = _torch_f32(lambda *a: _torch_grads(fn, *a), x64, gamma, beta, dy64)
-        for name, fwd, bwd in (("teaching", bnp.batch_norm_forward, bnp.batch_norm_backward),
-                               ("fast", bnp.batch_norm_forward_fast,
-                                bnp.batch_norm_backward_fast)):
+        for name, fwd, bwd in (
+            ("teaching", bnp.batch_norm_forward, bnp.batch_norm_backward),
+            ("fast", bnp.batch_norm_forward_fast, bnp.batch_norm_backward_fast),
+        ):
             y, cache = fwd(x64, gamma, beta, 1e-5)
             got = (y,) + tuple(bwd(dy64, cache))
             for k, v in zip(("out", "grad_input", "grad_weight", "grad_bias"), got):
@@ -896,13 +1048,23 @@ def run_numpy_case(rng, g, cfg, problems, bugs):
     tt = [torch.tensor(a, requires_grad=True) for a in (x32, g32, b32)]
     y32t = nn.functional.batch_norm(tt[0], None, None, tt[1], tt[2], True, 0.1, 1e-5)
     y32t.backward(torch.from_numpy(dy32))
-    ref = {"out": yt.detach().numpy(), "grad_input": truth[0].grad.numpy(),
-           "grad_weight": truth[1].grad.numpy(), "grad_bias": truth[2].grad.numpy()}
-    tor = {"out": y32t.detach().numpy(), "grad_input": tt[0].grad.numpy(),
-           "grad_weight": tt[1].grad.numpy(), "grad_bias": tt[2].grad.numpy()}
+    ref = {
+        "out": yt.detach().numpy(),
+        "grad_input": truth[0].grad.numpy(),
+        "grad_weight": truth[1].grad.numpy(),
+        "grad_bias": truth[2].grad.numpy(),
+    }
+    tor = {
+        "out": y32t.detach().numpy(),
+        "grad_input": tt[0].grad.numpy(),
+        "grad_weight": tt[1].grad.numpy(),
+        "grad_bias": tt[2].grad.numpy(),
+    }
     floor = FLOOR_ULPS * float(np.finfo(np.float32).eps)
-    for name, fwd, bwd in (("teaching", bnp.batch_norm_forward, bnp.batch_norm_backward),
-                           ("fast", bnp.batch_norm_forward_fast, bnp.batch_norm_backward_fast)):
+    for name, fwd, bwd in (
+        ("teaching", bnp.batch_norm_forward, bnp.batch_norm_backward),
+        ("fast", bnp.batch_norm_forward_fast, bnp.batch_norm_backward_fast),
+    ):
         y, cache = fwd(x32, g32, b32, 1e-5)
         got = dict(zip(("grad_input", "grad_weight", "grad_bias"), bwd(dy32, cache)))
         got["out"] = y
@@ -913,11 +1075,13 @@ def run_numpy_case(rng, g, cfg, problems, bugs):
             eo = np.abs(np.asarray(v, np.float64) - ref[k]).max() / scale
             et = np.abs(tor[k].astype(np.float64) - ref[k]).max() / scale
             if not eo <= RATIO * et + floor:
-                problems.append(f"{name} float32 {k}: error vs float64 truth {eo:.3g}, "
-                                f"torch's {et:.3g}")
+                problems.append(
+                    f"{name} float32 {k}: error vs float64 truth {eo:.3g}, torch's {et:.3g}"
+                )
 
 
 # --- driver --------------------------------------------------------------------------------
+
 
 def case_config(i: int) -> dict:
     rng = random.Random(i)
@@ -936,7 +1100,7 @@ def case_config(i: int) -> dict:
 def run_case(i: int) -> tuple[list[str], list[str], dict]:
     """Divergences and torch bugs found by case ``i``, and its configuration."""
     cfg = case_config(i)
-    rng = random.Random(10 ** 6 + i)
+    rng = random.Random(10**6 + i)
     g = torch.Generator().manual_seed(i)
     problems, bugs = [], []
     kind = cfg["case"]
@@ -971,8 +1135,17 @@ def run_range(start: int, stop: int, verbose: bool = False):
 
 
 def _kind_of(cfg, problem):
-    what = "error" if ("raised" in problem) else ("stride" if "strides" in problem else (
-        "dtype" if "dtype" in problem else ("accuracy" if "error" in problem else "other")))
+    what = (
+        "error"
+        if ("raised" in problem)
+        else (
+            "stride"
+            if "strides" in problem
+            else (
+                "dtype" if "dtype" in problem else ("accuracy" if "error" in problem else "other")
+            )
+        )
+    )
     name = cfg.get("name", cfg.get("kind"))
     return f"{cfg['case']}:{name}:{what}"
 
@@ -1000,13 +1173,15 @@ def main(argv=None) -> int:
     for i, cfg, problems in failures:
         for k in {_kind_of(cfg, pr) for pr in problems}:
             kinds[k] = kinds.get(k, 0) + 1
-    print(f"{stop - start} cases in {time.perf_counter() - t0:.0f} s: "
-          f"{len(failures)} with divergences, {len(bugs)} with torch bugs (documented)")
+    print(
+        f"{stop - start} cases in {time.perf_counter() - t0:.0f} s: "
+        f"{len(failures)} with divergences, {len(bugs)} with torch bugs (documented)"
+    )
     for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {n:5d}  {k}")
     for i, cfg, b in bugs[:5]:
         print(f"  torch bug, case {i} ({label(cfg)}): {b[0]}")
-    for i, cfg, problems in failures[:args.show]:
+    for i, cfg, problems in failures[: args.show]:
         print(f"  python -m tests.fuzz --case {i}   # {label(cfg)}: {problems[0][:150]}")
     return 1 if failures else 0
 

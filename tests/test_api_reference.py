@@ -5,6 +5,7 @@ its own ``automodule`` directive in 06b, unless every name of its ``__all__`` is
 parent package's ``__all__`` (then the package's directive documents it). Modules are found
 on disk and their ``__all__`` read with ``ast``, so the check imports nothing.
 """
+
 import ast
 import re
 from pathlib import Path
@@ -46,8 +47,9 @@ def needs_own_entry(name: str, modules: dict[str, Path]) -> bool:
 
 
 def documented() -> list[str]:
-    return re.findall(r"^\.\. automodule:: ([\w.]+)\s*$", PAGE.read_text(encoding="utf-8"),
-                      flags=re.M)
+    return re.findall(
+        r"^\.\. automodule:: ([\w.]+)\s*$", PAGE.read_text(encoding="utf-8"), flags=re.M
+    )
 
 
 def test_every_public_module_is_documented_once_and_nothing_else():
@@ -56,7 +58,9 @@ def test_every_public_module_is_documented_once_and_nothing_else():
     assert len(listed) == len(set(listed)), "a module is listed twice"
     required = {name for name in modules if needs_own_entry(name, modules)}
     assert not required - set(listed), f"06b lacks {sorted(required - set(listed))}"
-    assert not set(listed) - set(modules), f"06b lists missing modules {sorted(set(listed) - set(modules))}"
+    assert not set(listed) - set(modules), (
+        f"06b lists missing modules {sorted(set(listed) - set(modules))}"
+    )
 
 
 def test_the_rule_sees_reexports_and_private_modules():

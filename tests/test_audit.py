@@ -3,21 +3,37 @@
 The checks are themselves tested: each one must fail on a module that has exactly one
 defect and otherwise behaves like ``torch.nn.BatchNorm1d``, so no check passes vacuously.
 """
+
 import pytest
 import torch
 from torch import nn
 
 import bnlib.torch as bt
-from bnlib.audit import (CHECKS, DEFECTS, CheckResult, CorrectedBatchNorm1d, NaiveBatchNorm1d,
-                         check_accepts_3d_input, grade,
-                         check_backward_through_eval_after_training,
-                         check_normalizes_with_biased_variance, check_refuses_4d_input,
-                         check_refuses_batch_of_one, check_stats_carry_no_graph,
-                         check_stats_follow_to, check_stats_in_state_dict, count_graph_nodes,
-                         format_audit, run_audit)
+from bnlib.audit import (
+    CHECKS,
+    DEFECTS,
+    CheckResult,
+    CorrectedBatchNorm1d,
+    NaiveBatchNorm1d,
+    check_accepts_3d_input,
+    grade,
+    check_backward_through_eval_after_training,
+    check_normalizes_with_biased_variance,
+    check_refuses_4d_input,
+    check_refuses_batch_of_one,
+    check_stats_carry_no_graph,
+    check_stats_follow_to,
+    check_stats_in_state_dict,
+    count_graph_nodes,
+    format_audit,
+    run_audit,
+)
 
-CORRECT = {"torch.nn.BatchNorm1d": nn.BatchNorm1d, "bnlib.torch.BatchNorm1d": bt.BatchNorm1d,
-           "bnlib.audit.CorrectedBatchNorm1d": CorrectedBatchNorm1d}
+CORRECT = {
+    "torch.nn.BatchNorm1d": nn.BatchNorm1d,
+    "bnlib.torch.BatchNorm1d": bt.BatchNorm1d,
+    "bnlib.audit.CorrectedBatchNorm1d": CorrectedBatchNorm1d,
+}
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -98,24 +114,28 @@ def _with(defect):
     return type(f"BN_{defect}", (_OneDefect,), {"defect": defect})
 
 
-@pytest.mark.parametrize("defect, check", [
-    ("unbiased", check_normalizes_with_biased_variance),
-    ("plain_stats", check_stats_in_state_dict),
-    ("plain_stats", check_stats_follow_to),
-    ("graph", check_stats_carry_no_graph),
-    ("graph", check_backward_through_eval_after_training),
-    ("no_3d", check_accepts_3d_input),
-    ("accept_4d", check_refuses_4d_input),
-    ("nan_for_one", check_refuses_batch_of_one),
-])
+@pytest.mark.parametrize(
+    "defect, check",
+    [
+        ("unbiased", check_normalizes_with_biased_variance),
+        ("plain_stats", check_stats_in_state_dict),
+        ("plain_stats", check_stats_follow_to),
+        ("graph", check_stats_carry_no_graph),
+        ("graph", check_backward_through_eval_after_training),
+        ("no_3d", check_accepts_3d_input),
+        ("accept_4d", check_refuses_4d_input),
+        ("nan_for_one", check_refuses_batch_of_one),
+    ],
+)
 def test_each_check_catches_its_single_defect(defect, check):
     assert check(_OneDefect).passed  # no defect switched on: passes
     assert not check(_with(defect)).passed
 
 
 def test_format_audit_table():
-    table = format_audit({"naive": run_audit(NaiveBatchNorm1d),
-                          "torch.nn": run_audit(nn.BatchNorm1d)})
+    table = format_audit(
+        {"naive": run_audit(NaiveBatchNorm1d), "torch.nn": run_audit(nn.BatchNorm1d)}
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["check", "naive", "torch.nn"]
     assert len(lines) == 1 + len(CHECKS)
@@ -156,4 +176,3 @@ def test_grade_prints_a_verdict_and_a_hint_per_failed_check(capsys):
     grade(CorrectedBatchNorm1d)
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"{len(CHECKS)} of {len(CHECKS)} checks pass" and "hint" not in "".join(out)
-

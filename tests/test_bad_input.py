@@ -1,4 +1,5 @@
 """Bad input gets a clear ValueError, never silent wrong output (NaN is propagated, as in torch)."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,12 +8,15 @@ import bnlib.torch as bt
 from bnlib.numpy import BatchNorm, batch_norm_forward
 
 
-@pytest.mark.parametrize("cls,shape,expected", [
-    (bt.BatchNorm1d, (2, 3, 4, 5), "expected 2D or 3D input (got 4D input)"),
-    (bt.BatchNorm1d, (3,), "expected 2D or 3D input (got 1D input)"),
-    (bt.BatchNorm2d, (2, 3, 4), "expected 4D input (got 3D input)"),
-    (bt.BatchNorm3d, (2, 3, 4, 4), "expected 5D input (got 4D input)"),
-])
+@pytest.mark.parametrize(
+    "cls,shape,expected",
+    [
+        (bt.BatchNorm1d, (2, 3, 4, 5), "expected 2D or 3D input (got 4D input)"),
+        (bt.BatchNorm1d, (3,), "expected 2D or 3D input (got 1D input)"),
+        (bt.BatchNorm2d, (2, 3, 4), "expected 4D input (got 3D input)"),
+        (bt.BatchNorm3d, (2, 3, 4, 4), "expected 5D input (got 4D input)"),
+    ],
+)
 def test_wrong_number_of_dimensions(cls, shape, expected):
     with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         cls(3)(torch.randn(shape))
@@ -92,7 +96,10 @@ def test_nan_propagates_to_its_own_channel_exactly_as_in_torch():
     behaviour and ours: NaN is never hidden, so the failure is visible downstream."""
     x = torch.randn(4, 3, dtype=torch.float64)
     x[0, 1] = float("nan")
-    ours, ref = bt.BatchNorm1d(3, dtype=torch.float64), torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    ours, ref = (
+        bt.BatchNorm1d(3, dtype=torch.float64),
+        torch.nn.BatchNorm1d(3, dtype=torch.float64),
+    )
     ya, yb = ours(x), ref(x)
     assert torch.isnan(ya[:, 1]).all() and torch.isfinite(ya[:, [0, 2]]).all()
     torch.testing.assert_close(ya, yb, equal_nan=True)

@@ -1,6 +1,7 @@
 """benchmarks/bn_speed.py runs end to end at small size and keeps its output contract: a
 table, the targets, and one final JSON line mapping "shape/pass" to numbers. Timing values
 are not asserted (the machine is shared); only their structure is."""
+
 import importlib.util
 import json
 import math
@@ -25,18 +26,28 @@ def load_module():
 def test_quick_run_prints_table_targets_and_json_line():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--json", "--repeats", "1", "--no-compile"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     bn_speed = load_module()
-    expected = {"x".join(map(str, s)) + "/" + p
-                for s in bn_speed.QUICK_SHAPES for p in bn_speed.PASSES}
-    for key in ("ratios_fast_numpy_vs_native", "bandwidth_fraction_fast_numpy",
-                "ratios_eager_vs_native"):
+    expected = {
+        "x".join(map(str, s)) + "/" + p for s in bn_speed.QUICK_SHAPES for p in bn_speed.PASSES
+    }
+    for key in (
+        "ratios_fast_numpy_vs_native",
+        "bandwidth_fraction_fast_numpy",
+        "ratios_eager_vs_native",
+    ):
         assert set(summary[key]) == expected, key
-        assert all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-                   for v in summary[key].values()), summary[key]
+        assert all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+            for v in summary[key].values()
+        ), summary[key]
     assert summary["repeats"] == 1
     table = [line for line in lines if line.startswith("| (")]
     assert len(table) == len(expected) * len(bn_speed.VARIANTS)

@@ -1,4 +1,5 @@
 """The exercise graders of bnlib.checks: the reference passes, common mistakes fail."""
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
@@ -13,8 +14,11 @@ def _by_hand(linear, norm, rows=True):
         if rows:
             fused.weight.copy_(linear.weight * scale[:, None])
         else:  # the common mistake: scale the columns (inputs), not the rows (outputs)
-            fused.weight.copy_(linear.weight * scale[: linear.in_features][None, :]
-                               if linear.in_features <= len(scale) else linear.weight)
+            fused.weight.copy_(
+                linear.weight * scale[: linear.in_features][None, :]
+                if linear.in_features <= len(scale)
+                else linear.weight
+            )
         fused.bias.copy_((linear.bias - norm.running_mean) * scale + norm.bias)
     return fused
 

@@ -7,6 +7,7 @@ the two runs store the same text outputs (after the nbval sanitizer, which maps 
 addresses and figure sizes to placeholders) and byte-identical figures, which nbval does not
 compare at all.
 """
+
 import asyncio
 import copy
 import re
@@ -29,9 +30,11 @@ class CurrentEnvironment(KernelSpecManager):
     """Run the kernel with this interpreter, as nbval's --nbval-current-env does."""
 
     def get_kernel_spec(self, kernel_name):
-        return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f",
-                                "{connection_file}"],
-                          display_name="current environment", language="python")
+        return KernelSpec(
+            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            display_name="current environment",
+            language="python",
+        )
 
 
 def sanitizers():
@@ -40,8 +43,8 @@ def sanitizers():
     pairs = []
     for line, following in zip(lines, lines[1:]):
         if line.startswith("regex: ") and following.startswith("replace: "):
-            replacement = following[len("replace: "):].replace("\\040", " ")
-            pairs.append((re.compile(line[len("regex: "):]), replacement))
+            replacement = following[len("replace: ") :].replace("\\040", " ")
+            pairs.append((re.compile(line[len("regex: ") :]), replacement))
     return pairs
 
 
@@ -69,8 +72,9 @@ def stored_outputs(nb):
                 for mime in sorted(data):
                     if mime in TEXT_MIMES or mime.endswith("/text/plain"):
                         value = data[mime]
-                        outputs.append((mime, clean("".join(value) if isinstance(value, list)
-                                                    else value)))
+                        outputs.append(
+                            (mime, clean("".join(value) if isinstance(value, list) else value))
+                        )
                     elif mime == "image/png":
                         outputs.append((mime, data[mime]))
         cells.append((index, outputs))
@@ -80,11 +84,17 @@ def stored_outputs(nb):
 async def execute_twice(nb, workdir):
     """Execute two copies of ``nb`` at once, each in its own fresh kernel."""
     runs = [copy.deepcopy(nb), copy.deepcopy(nb)]
-    clients = [NotebookClient(run, timeout=120, record_timing=False, allow_errors=False,
-                              resources={"metadata": {"path": str(workdir)}},
-                              km=KernelManager(kernel_name="python3",
-                                               kernel_spec_manager=CurrentEnvironment()))
-               for run in runs]
+    clients = [
+        NotebookClient(
+            run,
+            timeout=120,
+            record_timing=False,
+            allow_errors=False,
+            resources={"metadata": {"path": str(workdir)}},
+            km=KernelManager(kernel_name="python3", kernel_spec_manager=CurrentEnvironment()),
+        )
+        for run in runs
+    ]
     await asyncio.gather(*(client.async_execute() for client in clients))
     return runs
 
@@ -111,13 +121,15 @@ def test_executing_a_chapter_twice_stores_identical_outputs(tmp_path, monkeypatc
             cell.outputs, cell.execution_count = [], None
     run_a, run_b = (stored_outputs(run) for run in asyncio.run(execute_twice(nb, workdir)))
     assert sum(len(outputs) for _, outputs in run_a) >= 5, "the chapter stored almost nothing"
-    assert any(mime == "image/png" for _, outputs in run_a for mime, *_ in outputs), \
+    assert any(mime == "image/png" for _, outputs in run_a for mime, *_ in outputs), (
         "the chapter should store at least one figure, so that figures are compared too"
+    )
     difference = first_difference(run_a, run_b)
     assert difference is None, (
         f"{NOTEBOOK.name}: code cell {difference[0]} stored different outputs in two runs "
         f"(unseeded randomness?)\nrun 1: {str(difference[1])[:500]}\n"
-        f"run 2: {str(difference[2])[:500]}")
+        f"run 2: {str(difference[2])[:500]}"
+    )
 
 
 if __name__ == "__main__":

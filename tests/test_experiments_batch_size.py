@@ -2,14 +2,20 @@
 search it uses (bnlib.experiments.lr_search): the schedule it promises (same samples per
 run), every reported run equal to a direct training run at the chosen rate, each chosen
 rate strictly inside its slice, and the answer protocol.run gives on the final slice."""
+
 import numpy as np
 import pytest
 import torch
 
 import bnlib.torch as bt
 from bnlib.experiments import accuracy, load_digits_split, mlp, train
-from bnlib.experiments.batch_size import (SWEEP_NORMS, batch_size_sweep, scaled_lr,
-                                          steps_for_epochs, sweep_model)
+from bnlib.experiments.batch_size import (
+    SWEEP_NORMS,
+    batch_size_sweep,
+    scaled_lr,
+    steps_for_epochs,
+    sweep_model,
+)
 from bnlib.experiments.lr_search import CachedArm, nearest_grid_index, run_widening
 from bnlib.experiments.protocol import LR_GRID, run
 from bnlib.experiments.renorm_schedule import RenormSchedule
@@ -30,7 +36,7 @@ def test_linear_scaling_rule_epoch_budget_and_grid_centre():
     assert steps_for_epochs(1006, 2, 1) == 503 and steps_for_epochs(1006, 32, 1) == 31
     assert steps_for_epochs(1006, 64, 0.01) == 1
     assert LR_GRID[nearest_grid_index(0.00625)] == 0.01
-    assert LR_GRID[nearest_grid_index(0.004)] == pytest.approx(10 ** -2.5)
+    assert LR_GRID[nearest_grid_index(0.004)] == pytest.approx(10**-2.5)
     with pytest.raises(ValueError, match="batch sizes >= 1"):
         scaled_lr(0)
     with pytest.raises(ValueError, match="epochs > 0"):
@@ -54,8 +60,7 @@ def test_cached_arm_trains_once_and_touches_test_only_when_asked():
     h1, m1 = arm.fit(split, 5, 0.1, 0, test=False)
     assert h1.test_accuracy is None
     h2, m2 = arm.fit(split, 5, 0.1, 0)
-    assert h2 is h1 and m2 is m1 and h1.test_accuracy == accuracy(m1, split.x_test,
-                                                                 split.y_test)
+    assert h2 is h1 and m2 is m1 and h1.test_accuracy == accuracy(m1, split.x_test, split.y_test)
     assert arm.model(split, 5, 0.1, 0) is m1 and len(arm.runs) == 1
 
 
@@ -64,25 +69,34 @@ def test_run_widening_equals_protocol_run_on_its_final_slice():
     kwargs = {"batch_size": 8, "eval_every": 15, "train_accuracy": False}
     build = lambda: mlp(norm="batch", depth=1, activation="relu")
     # Start far above the optimum: the slice must widen downwards.
-    wide = run_widening([CachedArm("bn", build, train_kwargs=kwargs)], split, 15,
-                        seeds=(0, 1), start=3.0)
+    wide = run_widening(
+        [CachedArm("bn", build, train_kwargs=kwargs)], split, 15, seeds=(0, 1), start=3.0
+    )
     grid = wide.choices["bn"].grid
     assert grid[0] < wide.lrs["bn"] < grid[-1] and len(grid) > 3
-    assert grid[-1] == pytest.approx(10.0) and grid == LR_GRID[-len(grid):]
-    ref = run([CachedArm("bn", build, train_kwargs=kwargs)], split, 15, seeds=(0, 1),
-              grid=grid)
+    assert grid[-1] == pytest.approx(10.0) and grid == LR_GRID[-len(grid) :]
+    ref = run([CachedArm("bn", build, train_kwargs=kwargs)], split, 15, seeds=(0, 1), grid=grid)
     assert ref.lrs == wide.lrs
-    assert ([h.test_accuracy for h in ref.histories["bn"]]
-            == [h.test_accuracy for h in wide.histories["bn"]])
+    assert [h.test_accuracy for h in ref.histories["bn"]] == [
+        h.test_accuracy for h in wide.histories["bn"]
+    ]
     with pytest.raises(TypeError, match="CachedArm"):
         from bnlib.experiments.protocol import Arm
+
         run_widening([Arm("bn", build)], split, 5, seeds=(0, 1))
 
 
 def test_sweep_reports_the_runs_at_each_chosen_rate():
     split = load_digits_split()
-    sweep = batch_size_sweep(split, norms=("batch", "renorm", "group_ws"), batch_sizes=(4, 16),
-                             seeds=(0, 1), epochs=0.1, activation="relu", depth=1)
+    sweep = batch_size_sweep(
+        split,
+        norms=("batch", "renorm", "group_ws"),
+        batch_sizes=(4, 16),
+        seeds=(0, 1),
+        epochs=0.1,
+        activation="relu",
+        depth=1,
+    )
     assert sweep.steps == {4: 25, 16: 6}  # 0.1 pass over 1,006 samples
     for b in sweep.batch_sizes:
         for norm in sweep.norms:
@@ -96,8 +110,18 @@ def test_sweep_reports_the_runs_at_each_chosen_rate():
     lr = sweep.lr("renorm", 4)
     torch.manual_seed(1)
     net = sweep_model("renorm", activation="relu", depth=1)
-    direct = train(net, split, steps=25, batch_size=4, lr=lr, seed=1, momentum=0.9,
-                   eval_every=25, train_accuracy=False, on_step=RenormSchedule(25))
+    direct = train(
+        net,
+        split,
+        steps=25,
+        batch_size=4,
+        lr=lr,
+        seed=1,
+        momentum=0.9,
+        eval_every=25,
+        train_accuracy=False,
+        on_step=RenormSchedule(25),
+    )
     assert sweep.error("renorm", 4).values[1] == 1 - direct.final_test_accuracy
     kept = sweep.models("renorm", 4)
     assert len(kept) == 2 and kept[1][1].r_max == 3.0 and kept[1][1].d_max == 5.0
@@ -115,8 +139,7 @@ def test_sweep_rejects_unknown_names():
 
 def test_report_seeds_reuse_the_choice_runs_and_add_seeds_at_the_chosen_rate():
     split = load_digits_split()
-    kwargs = dict(norms=("batch",), batch_sizes=(16,), epochs=0.2, activation="relu",
-                  depth=1)
+    kwargs = dict(norms=("batch",), batch_sizes=(16,), epochs=0.2, activation="relu", depth=1)
     chosen = batch_size_sweep(split, seeds=(0, 1), **kwargs)
     wider = batch_size_sweep(split, seeds=(0, 1), report_seeds=(0, 1, 2), **kwargs)
     assert wider.seeds == (0, 1, 2) and wider.lr("batch", 16) == chosen.lr("batch", 16)

@@ -1,4 +1,5 @@
 """Rule 1 of chapter 4: a bias before batch norm is cancelled; LayerNorm is the control."""
+
 import pytest
 from torch import nn
 

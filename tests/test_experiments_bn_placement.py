@@ -1,4 +1,5 @@
 """Rule 3 of chapter 4: the two placements as networks and as protocol arms."""
+
 import pytest
 import torch
 
@@ -21,7 +22,9 @@ def test_placement_networks():
 
 def test_after_placement_is_initialized_for_relu():
     torch.manual_seed(0)
-    w = mlp_with_placement("after", hidden=400)[3].weight.detach()  # Kaiming normal: var 2 / fan_in
+    w = mlp_with_placement("after", hidden=400)[
+        3
+    ].weight.detach()  # Kaiming normal: var 2 / fan_in
     assert float(w.var()) == pytest.approx(2 / 400, rel=0.05)
     assert float(mlp_with_placement("after")[3].bias.abs().max()) == 0.0
     default = mlp_with_placement("after", hidden=400, init="default")[3].weight.detach()
@@ -39,6 +42,7 @@ def test_placement_arms_are_seeded():
 
 def test_placement_arms_build_in_the_split_dtype():
     from bnlib.experiments.precision import double_split
+
     split = double_split(load_digits_split())
     for arm in placement_arms(split=split):
         assert {p.dtype for p in arm.build().parameters()} == {torch.float64}

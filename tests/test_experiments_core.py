@@ -1,8 +1,17 @@
 """The experiment infrastructure: data, models and the training loop, on short runs."""
+
 import pytest
 import torch
 
-from bnlib.experiments import accuracy, batches, load_digits_split, make_norm, mlp, small_cnn, train
+from bnlib.experiments import (
+    accuracy,
+    batches,
+    load_digits_split,
+    make_norm,
+    mlp,
+    small_cnn,
+    train,
+)
 
 
 def test_digits_split_is_seeded_disjoint_and_complete():
@@ -28,10 +37,12 @@ def test_standardization_uses_training_statistics_only():
     mean, sd = x.mean(0), x.std(0, unbiased=False)
     sd = torch.where(sd > 0, sd, torch.ones_like(sd))
     torch.testing.assert_close(std.x_train.double(), (x - mean) / sd, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(std.x_val.double(), (unit.x_val.double() - mean) / sd,
-                               atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(std.x_test.double(), (unit.x_test.double() - mean) / sd,
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        std.x_val.double(), (unit.x_val.double() - mean) / sd, atol=1e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        std.x_test.double(), (unit.x_test.double() - mean) / sd, atol=1e-5, rtol=1e-4
+    )
     # on the training part each varying pixel has mean 0 and std 1; validation does not
     assert float(std.x_train.mean(0).abs().max()) < 1e-5
     assert float(std.x_val.mean(0).abs().max()) > 1e-2
@@ -91,8 +102,7 @@ def test_train_can_leave_test_untouched_and_use_adam():
     with pytest.raises(ValueError, match="test"):
         h.final_test_accuracy
     torch.manual_seed(0)
-    adam = train(mlp(), load_digits_split(), steps=30, lr=0.01, eval_every=30,
-                 optimizer="adam")
+    adam = train(mlp(), load_digits_split(), steps=30, lr=0.01, eval_every=30, optimizer="adam")
     assert adam.val_accuracy[-1] > 0.5
     with pytest.raises(ValueError, match="optimizer"):
         train(mlp(), load_digits_split(), steps=1, optimizer="lbfgs")

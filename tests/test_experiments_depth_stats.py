@@ -1,5 +1,6 @@
 """Per-layer statistics of deep MLPs (bnlib.experiments.depth_stats), checked against autograd
 and against what batch normalization guarantees by construction."""
+
 import math
 
 import numpy as np
@@ -9,9 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnlib.experiments import load_digits_split, mlp
-from bnlib.experiments.depth_stats import (LayerStats, derivative_ratio, depth_stats,
-                                           init_normal_, layer_stats, residual_mlp,
-                                           saturated_fraction)
+from bnlib.experiments.depth_stats import (
+    LayerStats,
+    derivative_ratio,
+    depth_stats,
+    init_normal_,
+    layer_stats,
+    residual_mlp,
+    saturated_fraction,
+)
 
 SPLIT = load_digits_split()
 FUNCTIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
@@ -23,8 +30,9 @@ def test_derivative_ratio_equals_autograd_over_its_maximum(activation):
     z = z[z != 0].requires_grad_()  # relu has no derivative at 0
     (grad,) = torch.autograd.grad(FUNCTIONS[activation](z).sum(), z)
     peak = {"sigmoid": 0.25, "tanh": 1.0, "relu": 1.0}[activation]
-    torch.testing.assert_close(derivative_ratio(z.detach(), activation), grad / peak,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        derivative_ratio(z.detach(), activation), grad / peak, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_saturated_fraction_uses_the_derivative_threshold():
@@ -87,7 +95,9 @@ def test_depth_makes_sigmoid_gradients_vanish_and_bn_keeps_them_level():
         plain = depth_stats(norm="none", seed=seed)
         bn = depth_stats(norm="batch", seed=seed)
         assert plain.gradient_ratio < 1e-4, plain.weight_grad_norm
-        assert np.all(np.diff(plain.weight_grad_norm) > 0)  # smaller at every step towards the input
+        assert np.all(
+            np.diff(plain.weight_grad_norm) > 0
+        )  # smaller at every step towards the input
         assert 0.3 < bn.gradient_ratio < 3, bn.weight_grad_norm
 
 
@@ -113,7 +123,9 @@ def test_layer_stats_rejects_models_it_cannot_read():
     x, y = SPLIT.x_train[:10], SPLIT.y_train[:10]
     with pytest.raises(ValueError, match="sigmoid, tanh or relu"):
         layer_stats(nn.Sequential(nn.Linear(64, 10)), x, y)
-    mixed = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 10))
+    mixed = nn.Sequential(
+        nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 10)
+    )
     with pytest.raises(ValueError, match="one kind of nonlinearity"):
         layer_stats(mixed, x, y)
 
@@ -141,10 +153,12 @@ def test_deep_bn_net_gradients_explode_without_shortcuts_and_not_with_them():
 def test_post_activation_std_measures_dependence_on_the_input_only():
     constant_per_unit = torch.arange(5.0).repeat(8, 1)  # (8, 5): units differ, samples do not
     varying = torch.tensor([[0.0, 1.0], [2.0, 5.0]])  # per-unit stds sqrt(2) and sqrt(8)
-    stats = LayerStats("tanh", [constant_per_unit, varying], [constant_per_unit, varying],
-                       np.ones(2))
-    np.testing.assert_allclose(stats.post_activation_std(), [0.0, (2 ** 0.5 + 8 ** 0.5) / 2],
-                               rtol=1e-6)
+    stats = LayerStats(
+        "tanh", [constant_per_unit, varying], [constant_per_unit, varying], np.ones(2)
+    )
+    np.testing.assert_allclose(
+        stats.post_activation_std(), [0.0, (2**0.5 + 8**0.5) / 2], rtol=1e-6
+    )
 
 
 def test_centred_sigmoid_is_sigmoid_minus_half_and_removes_the_offset_shrinkage():
@@ -159,8 +173,9 @@ def test_centred_sigmoid_is_sigmoid_minus_half_and_removes_the_offset_shrinkage(
     assert centred.activation == "sigmoid"
     for z_c, a_c in zip(centred.pre_activation, centred.post_activation):
         torch.testing.assert_close(a_c, torch.sigmoid(z_c) - 0.5, rtol=0, atol=0)
-    torch.testing.assert_close(centred.pre_activation[0], plain.pre_activation[0],
-                               rtol=0, atol=0)  # layer 1 sees the same input
+    torch.testing.assert_close(
+        centred.pre_activation[0], plain.pre_activation[0], rtol=0, atol=0
+    )  # layer 1 sees the same input
     # Glorot & Bengio: the sigmoid's mean 0.5 is what shrinks the gradient with depth
     assert plain.gradient_ratio < 0.05 and 0.5 < centred.gradient_ratio < 2
 

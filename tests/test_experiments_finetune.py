@@ -1,4 +1,5 @@
 """Rule 5 of chapter 4: the fine-tuning options prepare batch norm as they say."""
+
 import torch
 
 from bnlib.experiments import load_digits_split, run
@@ -46,14 +47,20 @@ def test_finetune_arms_prepare_the_statistics_and_share_one_pretrained_network_p
 def test_finetuning_runs_under_the_protocol():
     split = load_digits_split()
     pre, ft = class_subset(split, range(5)), class_subset(split, range(5, 10))
-    r = run(finetune_arms(pre, ft, pretrain_lr=0.1, pretrain_steps=30, eval_every=20),
-            ft, 20, seeds=(0, 1), lr=0.01)
+    r = run(
+        finetune_arms(pre, ft, pretrain_lr=0.1, pretrain_steps=30, eval_every=20),
+        ft,
+        20,
+        seeds=(0, 1),
+        lr=0.01,
+    )
     assert sorted(r.histories) == ["frozen", "recomputed", "updated"]
     assert all(0 <= v <= 1 for v in r.values("frozen", "test_accuracy"))
 
 
 def test_finetune_arms_build_in_the_pretraining_split_dtype():
     from bnlib.experiments.precision import double_split
+
     split = double_split(load_digits_split())
     pre, ft = class_subset(split, range(5)), class_subset(split, range(5, 10))
     torch.manual_seed(0)

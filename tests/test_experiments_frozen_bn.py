@@ -1,4 +1,5 @@
 """FrozenBN and the running-statistics error metric of chapter 4."""
+
 import torch
 from torch import nn
 
@@ -11,8 +12,9 @@ from bnlib.torch.precise import batch_norm_layers
 
 def test_frozen_stats_batch_norm_never_updates_and_still_learns():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.Sequential(nn.BatchNorm1d(3), nn.ReLU()),
-                          bt.BatchNorm1d(3))
+    model = nn.Sequential(
+        nn.Linear(4, 3), nn.Sequential(nn.BatchNorm1d(3), nn.ReLU()), bt.BatchNorm1d(3)
+    )
     reference = [m.running_mean.clone() for m in batch_norm_layers(model)]
     freeze_batch_norm_stats(model)
     freeze_batch_norm_stats(model)  # idempotent: no wrapper inside a wrapper

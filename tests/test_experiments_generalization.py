@@ -1,6 +1,7 @@
 """Chapter 5's CNN comparison: the gap measurement against a direct computation, the
 matched-fit recorder against a hand-computed loss, the protocol arms seeded and
 reproducible, and BatchNorm2d learning faster on the digits at one short budget."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,7 @@ def split():
 
 @pytest.fixture(scope="module")
 def short_runs(split):
-    return run([cnn_arm("none"), cnn_arm("batch")], split, steps=100, seeds=(0, 1),
-               lr=0.1)
+    return run([cnn_arm("none"), cnn_arm("batch")], split, steps=100, seeds=(0, 1), lr=0.1)
 
 
 def test_measure_gap_equals_a_direct_eval_mode_computation(split):
@@ -44,10 +44,12 @@ def test_measure_gap_equals_a_direct_eval_mode_computation(split):
     acc_test = (logits_test.argmax(1) == split.y_test).double().mean().item()
     assert gap.train_accuracy == pytest.approx(acc_train, abs=1e-12)
     assert gap.test_accuracy == pytest.approx(acc_test, abs=1e-12)
-    assert gap.train_loss == pytest.approx(F.cross_entropy(logits_train, split.y_train).item(),
-                                           rel=1e-6)
-    assert gap.test_loss == pytest.approx(F.cross_entropy(logits_test, split.y_test).item(),
-                                          rel=1e-6)
+    assert gap.train_loss == pytest.approx(
+        F.cross_entropy(logits_train, split.y_train).item(), rel=1e-6
+    )
+    assert gap.test_loss == pytest.approx(
+        F.cross_entropy(logits_test, split.y_test).item(), rel=1e-6
+    )
     assert gap.accuracy_gap == pytest.approx(acc_train - acc_test, abs=1e-12)
     assert gap.loss_gap == pytest.approx(gap.test_loss - gap.train_loss, abs=1e-12)
 
@@ -64,15 +66,29 @@ def test_matched_fit_records_the_first_check_below_the_threshold(split):
             model.train()
 
     torch.manual_seed(0)
-    train(small_cnn("batch", channels=4), split, steps=60, lr=0.3, momentum=0.9,
-          on_step=probe, eval_every=60)
+    train(
+        small_cnn("batch", channels=4),
+        split,
+        steps=60,
+        lr=0.3,
+        momentum=0.9,
+        on_step=probe,
+        eval_every=60,
+    )
     threshold = sorted(losses.values())[len(losses) // 2]  # reached half-way or so
     expected = min(s for s, v in losses.items() if v <= threshold)
     fit = MatchedFit(split, threshold=threshold, check_every=5, final_step=60)
     for seed in (0, 0):  # the same run twice: one record per run, identical
         torch.manual_seed(seed)
-        history = train(small_cnn("batch", channels=4), split, steps=60, lr=0.3,
-                        momentum=0.9, on_step=fit, eval_every=60)
+        history = train(
+            small_cnn("batch", channels=4),
+            split,
+            steps=60,
+            lr=0.3,
+            momentum=0.9,
+            on_step=fit,
+            eval_every=60,
+        )
     first, second = fit.reached()
     assert len(fit.final) == 2 and fit.final[0] == fit.final[1]
     assert fit.final[0].test_accuracy == history.test_accuracy  # the same final model
@@ -143,8 +159,16 @@ def test_precise_eval_evaluates_with_recomputed_statistics_and_leaves_training_a
     def fit(on_step):
         torch.manual_seed(3)
         model = small_cnn("batch", channels=4)
-        h = train(model, split, 30, lr=1.0, momentum=0.9, eval_every=10, on_step=on_step,
-                  train_accuracy=False)
+        h = train(
+            model,
+            split,
+            30,
+            lr=1.0,
+            momentum=0.9,
+            eval_every=10,
+            on_step=on_step,
+            train_accuracy=False,
+        )
         return h, model
 
     snapshots = {}
@@ -153,8 +177,10 @@ def test_precise_eval_evaluates_with_recomputed_statistics_and_leaves_training_a
         if step % 10 == 0:
             precise = copy.deepcopy(model)
             recompute_bn_stats(precise, split.x_train.split(60))
-            snapshots[step] = (accuracy(precise, split.x_val, split.y_val),
-                               accuracy(model, split.x_val, split.y_val))
+            snapshots[step] = (
+                accuracy(precise, split.x_val, split.y_val),
+                accuracy(model, split.x_val, split.y_val),
+            )
 
     plain_h, plain_model = fit(snapshot)
     precise = PreciseEval(split, steps=30, eval_every=10)

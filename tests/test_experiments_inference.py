@@ -1,4 +1,5 @@
 """Training-mode-at-inference accuracy and the companion dependence of training mode."""
+
 import pytest
 import torch
 
@@ -55,8 +56,9 @@ def test_probe_spread_is_zero_in_eval_mode_and_not_in_train_mode():
     for _ in range(20):
         layer(pool[torch.randint(0, 500, (32,))])
     before = {k: v.clone() for k, v in layer.state_dict().items()}
-    train_std, eval_std = probe_spread(layer, pool, companions=15, draws=50,
-                                       generator=torch.Generator().manual_seed(0))
+    train_std, eval_std = probe_spread(
+        layer, pool, companions=15, draws=50, generator=torch.Generator().manual_seed(0)
+    )
     assert eval_std < 1e-12 and train_std > 0.05
     for k, v in layer.state_dict().items():  # probed on a copy
         assert torch.equal(v, before[k]), k

@@ -1,5 +1,6 @@
 """Ioffe & Szegedy (2015) Figure 1 at CPU scale (bnlib.experiments.ioffe): the hook records
 exactly the last sigmoid's input, percentiles are right and ordered, runs are seeded."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,8 +11,13 @@ import torch  # noqa: E402
 
 from bnlib.experiments import batches, load_digits_split, mlp  # noqa: E402
 from bnlib.experiments import Arm, ResolutionError, run  # noqa: E402
-from bnlib.experiments.ioffe import (SigmoidInputRecorder, pooled_percentiles,  # noqa: E402
-                                     run_ioffe, run_ioffe_seeds, steps_to_target)
+from bnlib.experiments.ioffe import (
+    SigmoidInputRecorder,
+    pooled_percentiles,  # noqa: E402
+    run_ioffe,
+    run_ioffe_seeds,
+    steps_to_target,
+)
 from bnlib.plotting import plot_percentiles  # noqa: E402
 
 SPLIT = load_digits_split(scale="unit")  # the paper's setup: raw-pixel scale
@@ -22,7 +28,7 @@ def test_pooled_percentiles_equal_numpy_over_each_window_and_are_ordered():
     starts, p = pooled_percentiles(values, window=10)
     assert starts.tolist() == [0, 10, 20, 30] and p.shape == (4, 3)
     for k, start in enumerate(starts):
-        expected = np.percentile(values[start:start + 10].ravel(), [15, 50, 85])
+        expected = np.percentile(values[start : start + 10].ravel(), [15, 50, 85])
         np.testing.assert_allclose(p[k], expected, rtol=0, atol=1e-12)
     assert np.all(np.diff(p, axis=1) > 0)
     with pytest.raises(ValueError, match="window"):
@@ -71,8 +77,9 @@ def test_bn_reaches_the_target_in_fewer_steps_at_the_same_learning_rate():
     assert plain_steps is None  # still near chance after 200 steps (default init)
     assert runs["none"][0].history.test_accuracy < 0.5
     assert steps_to_target(runs["batch"], 1.01) == [None]
-    coarse = run_ioffe_seeds(norms=("batch",), seeds=(0,), steps=100, lr=3.0, eval_every=50,
-                             split=SPLIT)
+    coarse = run_ioffe_seeds(
+        norms=("batch",), seeds=(0,), steps=100, lr=3.0, eval_every=50, split=SPLIT
+    )
     with pytest.raises(ResolutionError):
         steps_to_target(coarse["batch"], 0.8)
 

@@ -1,14 +1,22 @@
 """Santurkar et al.'s experiments (bnlib.experiments.landscape): the noisy BN layer against
 torch.nn.BatchNorm1d, the landscape measurements against autograd and a Taylor expansion."""
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from bnlib.experiments import load_digits_split, mlp, train
-from bnlib.experiments.landscape import (Landscape, LandscapeRecorder, NoisyBatchNorm1d,
-                                         PercentileTrace, compare_landscapes,
-                                         compare_noisy_bn, gradient_landscape, noisy_mlp)
+from bnlib.experiments.landscape import (
+    Landscape,
+    LandscapeRecorder,
+    NoisyBatchNorm1d,
+    PercentileTrace,
+    compare_landscapes,
+    compare_noisy_bn,
+    gradient_landscape,
+    noisy_mlp,
+)
 
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 
@@ -36,8 +44,11 @@ def test_noisy_bn_is_torch_batch_norm_then_the_drawn_affine_map():
     # Each channel's batch mean is the drawn shift; its std is the drawn scale.
     torch.testing.assert_close(y.mean(dim=0), noisy.last_shift, rtol=0, atol=1e-12)
     var = x.var(dim=0, unbiased=False)
-    torch.testing.assert_close(y.std(dim=0, unbiased=False),
-                               noisy.last_scale * torch.sqrt(var / (var + noisy.eps)), **TIGHT)
+    torch.testing.assert_close(
+        y.std(dim=0, unbiased=False),
+        noisy.last_scale * torch.sqrt(var / (var + noisy.eps)),
+        **TIGHT,
+    )
 
 
 def test_noisy_bn_moves_the_distribution_at_every_step():
@@ -130,14 +141,27 @@ def test_gradient_landscape_agrees_with_autograd_and_taylor():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # Reference: move a fresh copy's parameters by hand and ask autograd.
     params = list(model.parameters())
-    ref_g = torch.cat([p.reshape(-1) for p in torch.autograd.grad(
-        nn.functional.cross_entropy(model(x), y), params)])
+    ref_g = torch.cat(
+        [
+            p.reshape(-1)
+            for p in torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+        ]
+    )
     torch.testing.assert_close(g, ref_g, **TIGHT)
     for eta, loss_k, dist_k in zip(etas, losses, distances):
-        moved = [p.detach() - eta * gp for p, gp in zip(params, torch.autograd.grad(
-            nn.functional.cross_entropy(model(x), y), params))]
-        out = torch.func.functional_call(model, dict(zip(
-            [n for n, _ in model.named_parameters()], [m.requires_grad_() for m in moved])), (x,))
+        moved = [
+            p.detach() - eta * gp
+            for p, gp in zip(
+                params, torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+            )
+        ]
+        out = torch.func.functional_call(
+            model,
+            dict(
+                zip([n for n, _ in model.named_parameters()], [m.requires_grad_() for m in moved])
+            ),
+            (x,),
+        )
         ref_loss = nn.functional.cross_entropy(out, y)
         ref_gk = torch.cat([q.reshape(-1) for q in torch.autograd.grad(ref_loss, moved)])
         assert loss_k == pytest.approx(float(ref_loss.detach()), rel=1e-12)
@@ -151,10 +175,15 @@ def test_gradient_landscape_agrees_with_autograd_and_taylor():
 
 
 def test_landscape_summaries_follow_their_definitions():
-    land = Landscape(steps=np.array([1, 2]), step_sizes=np.array([0.5, 2.0]),
-                     loss=np.array([1.0, 1.0]), losses=np.array([[0.8, 1.5], [0.9, 0.95]]),
-                     grad_norm=np.array([2.0, 4.0]), distances=np.array([[1.0, 3.0], [0.4, 0.2]]),
-                     history=None)
+    land = Landscape(
+        steps=np.array([1, 2]),
+        step_sizes=np.array([0.5, 2.0]),
+        loss=np.array([1.0, 1.0]),
+        losses=np.array([[0.8, 1.5], [0.9, 0.95]]),
+        grad_norm=np.array([2.0, 4.0]),
+        distances=np.array([[1.0, 3.0], [0.4, 0.2]]),
+        history=None,
+    )
     np.testing.assert_allclose(land.loss_range, [0.7, 0.1])
     np.testing.assert_allclose(land.predictiveness, [3.0, 0.4])
     np.testing.assert_allclose(land.beta_smoothness, [max(1 / 1, 3 / 4), max(0.4 / 2, 0.2 / 8)])
@@ -166,16 +195,25 @@ def test_recorder_is_seeded_leaves_training_alone_and_starts_a_trace_per_run():
     histories = []
     for _ in range(2):
         torch.manual_seed(0)
-        histories.append(train(mlp(norm="batch", activation="relu"), split, steps=20,
-                               lr=0.1, eval_every=10, on_step=recorder))
+        histories.append(
+            train(
+                mlp(norm="batch", activation="relu"),
+                split,
+                steps=20,
+                lr=0.1,
+                eval_every=10,
+                on_step=recorder,
+            )
+        )
     a, b = recorder.landscapes()
     assert a.steps.tolist() == [10, 20] and a.losses.shape == a.distances.shape == (2, 2)
     # The second trace draws its batches from seed 4, so the same run measures differently.
     assert not np.array_equal(a.losses, b.losses)
     again = LandscapeRecorder(split, (0.1, 0.4), measure_every=10, seed=3)
     torch.manual_seed(0)
-    train(mlp(norm="batch", activation="relu"), split, steps=20, lr=0.1, eval_every=10,
-          on_step=again)
+    train(
+        mlp(norm="batch", activation="relu"), split, steps=20, lr=0.1, eval_every=10, on_step=again
+    )
     for name in ("loss", "losses", "grad_norm", "distances"):
         np.testing.assert_array_equal(getattr(a, name), getattr(again.landscapes()[0], name))
     assert (a.loss_range >= 0).all() and (a.distances > 0).all() and (a.beta_smoothness > 0).all()
@@ -190,10 +228,19 @@ def test_recorder_is_seeded_leaves_training_alone_and_starts_a_trace_per_run():
 
 def test_compare_landscapes_uses_each_arms_rate_and_pairs_seeds():
     split = load_digits_split()
-    builders = {n: (lambda n=n: mlp(norm=n, activation="relu", depth=1)) for n in ("none", "batch")}
-    comp = compare_landscapes(split, builders, {"none": 0.05, "batch": 0.2}, steps=20,
-                              seeds=(0, 1), step_multiples=(0.5, 2.0), measure_every=10,
-                              eval_every=10)
+    builders = {
+        n: (lambda n=n: mlp(norm=n, activation="relu", depth=1)) for n in ("none", "batch")
+    }
+    comp = compare_landscapes(
+        split,
+        builders,
+        {"none": 0.05, "batch": 0.2},
+        steps=20,
+        seeds=(0, 1),
+        step_multiples=(0.5, 2.0),
+        measure_every=10,
+        eval_every=10,
+    )
     assert comp.results.lrs == {"none": 0.05, "batch": 0.2}
     np.testing.assert_allclose(comp.landscapes["batch"][0].step_sizes, [0.1, 0.4])
     np.testing.assert_allclose(comp.landscapes["none"][1].step_sizes, [0.025, 0.1])
@@ -209,8 +256,16 @@ def test_compare_landscapes_uses_each_arms_rate_and_pairs_seeds():
 
 
 def test_compare_noisy_bn_chooses_each_rate_inside_its_slice_and_traces_noisier_inputs():
-    result = compare_noisy_bn(load_digits_split(), seeds=(0, 1), steps=40, shift_noise=1.0,
-                              eval_every=20, start=0.1, activation="relu", depth=2)
+    result = compare_noisy_bn(
+        load_digits_split(),
+        seeds=(0, 1),
+        steps=40,
+        shift_noise=1.0,
+        eval_every=20,
+        start=0.1,
+        activation="relu",
+        depth=2,
+    )
     res = result.results
     assert set(res.lrs) == {"none", "batch", "noisy"}
     for arm, choice in res.choices.items():

@@ -1,5 +1,6 @@
 """The learning-rate sweep (bnlib.experiments.lr_sweep): divergence flag, stable range, and a
 short sweep whose cells equal independent training runs."""
+
 import math
 
 import matplotlib
@@ -37,8 +38,14 @@ def test_stable_range_is_the_longest_contiguous_stretch():
 def test_stable_needs_the_seed_mean_on_target_and_no_seed_diverged():
     acc = np.array([[0.95, 0.86], [0.95, 0.84], [0.95, 0.95]])  # means 0.905, 0.895, 0.95
     div = np.array([[False, False], [False, False], [True, False]])
-    result = SweepResult(np.array([0.1, 1.0, 10.0]), (0, 1), 10, {"batch": acc},
-                         {"batch": np.zeros((3, 2))}, {"batch": div})
+    result = SweepResult(
+        np.array([0.1, 1.0, 10.0]),
+        (0, 1),
+        10,
+        {"batch": acc},
+        {"batch": np.zeros((3, 2))},
+        {"batch": div},
+    )
     assert result.stable("batch", 0.9).tolist() == [True, False, False]
     assert result.stable_range("batch", 0.9) == (0.1, 0.1)
     assert result.stable_range("batch", 0.99) is None
@@ -65,8 +72,14 @@ def test_short_sweep_cells_equal_independent_runs_and_flag_divergence():
 def test_plot_lr_sweep_marks_each_diverged_run():
     acc = np.array([[0.9, 0.92], [0.1, 0.3]])
     div = np.array([[False, False], [True, False]])
-    result = SweepResult(np.array([0.1, 10.0]), (0, 1), 10, {"batch": acc},
-                         {"batch": np.zeros((2, 2))}, {"batch": div})
+    result = SweepResult(
+        np.array([0.1, 10.0]),
+        (0, 1),
+        10,
+        {"batch": acc},
+        {"batch": np.zeros((2, 2))},
+        {"batch": div},
+    )
     fig, ax = plt.subplots()
     plot_lr_sweep(result, ax, norms=("batch",), target=0.9)
     assert ax.get_xscale() == "log"
@@ -79,8 +92,12 @@ def test_plot_lr_sweep_marks_each_diverged_run():
 def test_sweep_append_reads_the_new_rate_like_sweep_from_choice():
     from bnlib.experiments.lr_sweep import sweep_append
 
-    table = {"lrs": np.array([0.1, 1.0]), "accuracy": np.array([[0.9, 0.92], [0.95, 0.97]]),
-             "diverged": np.zeros((2, 2), dtype=bool), "usable": np.array([True, True])}
+    table = {
+        "lrs": np.array([0.1, 1.0]),
+        "accuracy": np.array([[0.9, 0.92], [0.95, 0.97]]),
+        "diverged": np.zeros((2, 2), dtype=bool),
+        "usable": np.array([True, True]),
+    }
     ok = History(train_loss=[2.3, 0.4], val_accuracy=[0.1, 0.93])
     poor = History(train_loss=[2.3, 1.9], val_accuracy=[0.1, 0.6])
     bad = History(train_loss=[2.3, float("nan")], val_accuracy=[0.1, 0.1])

@@ -1,5 +1,6 @@
 """Float64 experiments (bnlib.experiments.precision): the same data in float64, models
 built in the split's dtype, and a float64 run that equals itself across thread counts."""
+
 import dataclasses
 
 import pytest
@@ -24,8 +25,9 @@ def test_cast_like_builds_in_the_split_dtype_and_refuses_integers():
     split = double_split(load_digits_split())
     model = cast_like(lambda: mlp(depth=1, norm="batch"), split)()
     assert all(p.dtype == torch.float64 for p in model.parameters())
-    assert all(b.dtype == torch.float64 for n, b in model.named_buffers()
-               if "num_batches" not in n)
+    assert all(
+        b.dtype == torch.float64 for n, b in model.named_buffers() if "num_batches" not in n
+    )
     bad = dataclasses.replace(split, x_train=split.y_train)
     with pytest.raises(ValueError, match="floating-point"):
         cast_like(lambda: mlp(depth=1), bad)

@@ -1,5 +1,6 @@
 """Chapter 7's exercise grader (bnlib.experiments.renorm_check): passes the reference,
 fails each plausible mistake with a message that says what is wrong."""
+
 import torch
 
 import bnlib.torch as bt

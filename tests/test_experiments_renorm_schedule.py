@@ -1,5 +1,6 @@
 """Batch Renorm training aids (bnlib.experiments.renorm_schedule): the swap keeps the model
 and starts as torch.nn's batch norm; the schedule follows its formula inside train()."""
+
 import pytest
 import torch
 from torch import nn
@@ -14,15 +15,18 @@ def test_swap_keeps_parameters_and_starts_as_torch_batch_norm():
     net = mlp(depth=2, norm="batch", activation="relu").double()
     ref = mlp(depth=2, norm="batch", activation="relu").double()
     ref.load_state_dict(net.state_dict())
-    ref_nn = nn.Sequential(*[nn.BatchNorm1d(m.num_features).double()
-                             if isinstance(m, bt.BatchNorm1d) else m for m in ref])
+    ref_nn = nn.Sequential(
+        *[
+            nn.BatchNorm1d(m.num_features).double() if isinstance(m, bt.BatchNorm1d) else m
+            for m in ref
+        ]
+    )
     ref_nn.load_state_dict(net.state_dict())
     with_batch_renorm(net)
     assert sum(isinstance(m, bt.BatchRenorm1d) for m in net) == 2
     x = torch.randn(16, 64, dtype=torch.float64)
     torch.testing.assert_close(net(x), ref_nn(x), rtol=1e-12, atol=1e-12)  # r = 1, d = 0
-    torch.testing.assert_close(net[1].running_var, ref_nn[1].running_var,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(net[1].running_var, ref_nn[1].running_var, rtol=1e-12, atol=1e-12)
 
 
 def test_swap_handles_2d_and_refuses_models_without_batch_norm():
@@ -37,8 +41,12 @@ def test_schedule_bounds_follow_the_formula():
     assert s.bounds(0) == (1.0, 0.0) and s.bounds(20) == (1.0, 0.0)
     assert s.bounds(60) == pytest.approx((2.0, 2.5))  # half-way up the ramp
     assert s.bounds(100) == (3.0, 5.0) and s.bounds(200) == (3.0, 5.0)
-    for bad in ({"steps": 0}, {"steps": 10, "r_max": 0.5}, {"steps": 10, "d_max": -1},
-                {"steps": 10, "warmup": 0.6, "ramp_end": 0.5}):
+    for bad in (
+        {"steps": 0},
+        {"steps": 10, "r_max": 0.5},
+        {"steps": 10, "d_max": -1},
+        {"steps": 10, "warmup": 0.6, "ramp_end": 0.5},
+    ):
         with pytest.raises(ValueError, match="expected"):
             RenormSchedule(**bad)
 

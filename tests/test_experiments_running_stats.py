@@ -1,5 +1,6 @@
 """The running-statistics tracker against torch.nn's own buffers, its bias correction
 against a direct computation, and the inference-statistics experiment on short runs."""
+
 import copy
 
 import pytest
@@ -7,9 +8,11 @@ import torch
 
 import bnlib.torch as bt
 from bnlib.experiments import load_digits_split, mlp
-from bnlib.experiments.running_stats import (RunningStatsTracker,
-                                             inference_stats_during_training,
-                                             with_statistics)
+from bnlib.experiments.running_stats import (
+    RunningStatsTracker,
+    inference_stats_during_training,
+    with_statistics,
+)
 
 
 def _batches(n=12, shift=3.0):
@@ -24,7 +27,7 @@ def test_plain_estimate_equals_the_layers_own_running_statistics(cls):
         tracker = RunningStatsTracker(layer, momenta=(momentum, 0.01))
         for xb in _batches():
             layer(xb)
-        (mean, var), = tracker.statistics(momentum, corrected=False)
+        ((mean, var),) = tracker.statistics(momentum, corrected=False)
         torch.testing.assert_close(mean.float(), layer.running_mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(var.float(), layer.running_var, rtol=1e-5, atol=1e-6)
 
@@ -37,24 +40,25 @@ def test_corrected_estimate_is_the_normalized_weighted_average_of_batch_statisti
     for xb in batches:
         layer(xb)
     t = len(batches)
-    weights = torch.tensor([(1 - momentum) ** (t - k) for k in range(1, t + 1)],
-                           dtype=torch.float64)
+    weights = torch.tensor(
+        [(1 - momentum) ** (t - k) for k in range(1, t + 1)], dtype=torch.float64
+    )
     weights = weights / weights.sum()
     x64 = [b.double().transpose(0, 1).reshape(4, -1) for b in batches]
     mean_ref = sum(w * x.mean(dim=1) for w, x in zip(weights, x64))
     var_ref = sum(w * x.var(dim=1) for w, x in zip(weights, x64))
-    (mean, var), = tracker.statistics(momentum, corrected=True)
+    ((mean, var),) = tracker.statistics(momentum, corrected=True)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(var, var_ref, rtol=1e-12, atol=1e-12)
     # the plain estimate is pulled towards torch's initial values (mean 0, variance 1)
-    (plain_mean, _), = tracker.statistics(momentum, corrected=False)
+    ((plain_mean, _),) = tracker.statistics(momentum, corrected=False)
     assert torch.all(plain_mean < 0.6 * mean)
 
 
 def test_before_any_step_the_estimates_are_torchs_initial_values_and_copies_are_ignored():
     model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4))
     tracker = RunningStatsTracker(model, momenta=(0.1,))
-    (mean, var), = tracker.statistics(0.1, corrected=False)
+    ((mean, var),) = tracker.statistics(0.1, corrected=False)
     assert torch.equal(mean, torch.zeros(4, dtype=torch.float64))
     assert torch.equal(var, torch.ones(4, dtype=torch.float64))
     copy.deepcopy(model).train()(torch.randn(10, 8))  # a copy's pass is not recorded
@@ -79,8 +83,12 @@ def test_bad_arguments_are_refused():
 
 def test_with_statistics_sets_a_copys_buffers_only():
     layer = torch.nn.BatchNorm1d(2)
-    stats = [(torch.tensor([1.0, 2.0], dtype=torch.float64),
-              torch.tensor([3.0, 4.0], dtype=torch.float64))]
+    stats = [
+        (
+            torch.tensor([1.0, 2.0], dtype=torch.float64),
+            torch.tensor([3.0, 4.0], dtype=torch.float64),
+        )
+    ]
     out = with_statistics(layer, stats)
     assert out.running_mean.tolist() == [1.0, 2.0] and out.running_var.tolist() == [3.0, 4.0]
     assert layer.running_mean.tolist() == [0.0, 0.0]
@@ -89,8 +97,9 @@ def test_with_statistics_sets_a_copys_buffers_only():
 def test_small_momentum_loses_accuracy_to_initialization_bias_and_correction_recovers_it():
     split = load_digits_split()
     torch.manual_seed(0)
-    curves = inference_stats_during_training(mlp(norm="batch"), split, [20, 40],
-                                             momenta=(1.0, 0.001), lr=1.0)
+    curves = inference_stats_during_training(
+        mlp(norm="batch"), split, [20, 40], momenta=(1.0, 0.001), lr=1.0
+    )
     acc = curves.accuracy
     assert curves.steps == [20, 40]
     # momentum 1 keeps only the last batch: plain and corrected coincide

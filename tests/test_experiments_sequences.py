@@ -1,13 +1,20 @@
 """The sequence-normalization demonstration: padding, masks, and which norms let a token's
 output depend on anything but the token itself. References: torch.nn.functional."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bnlib.experiments.sequences import (KINDS, check_masked_batch_norm, masked_batch_norm,
-                                         normalize_tokens,
-                                         pad_sequences, padding_drift, random_sequences,
-                                         sequence_drift)
+from bnlib.experiments.sequences import (
+    KINDS,
+    check_masked_batch_norm,
+    masked_batch_norm,
+    normalize_tokens,
+    pad_sequences,
+    padding_drift,
+    random_sequences,
+    sequence_drift,
+)
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -26,8 +33,8 @@ def test_pad_sequences_places_tokens_and_zeros(batch):
     assert x.shape == (4, 11, 8) and x.dtype == torch.float64 and mask.dtype == torch.bool
     assert mask.sum(dim=1).tolist() == [6, 3, 9, 5]
     for b, s in enumerate(seqs):
-        assert torch.equal(x[b, :len(s)], s)
-        assert torch.count_nonzero(x[b, len(s):]) == 0
+        assert torch.equal(x[b, : len(s)], s)
+        assert torch.count_nonzero(x[b, len(s) :]) == 0
     assert pad_sequences(seqs)[0].shape == (4, 9, 8)
 
 
@@ -59,8 +66,7 @@ def test_masked_batch_norm_ignores_what_the_padding_holds(batch):
     seqs, _ = batch
     x, mask = pad_sequences(seqs)
     garbage = x.masked_fill(~mask.unsqueeze(-1), 1e3)
-    torch.testing.assert_close(masked_batch_norm(garbage, mask), masked_batch_norm(x, mask),
-                               **TOL)
+    torch.testing.assert_close(masked_batch_norm(garbage, mask), masked_batch_norm(x, mask), **TOL)
 
 
 def test_masked_batch_norm_gradients_match_finite_differences():
@@ -69,8 +75,9 @@ def test_masked_batch_norm_gradients_match_finite_differences():
     x.requires_grad_(True)
     weight = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, w, b: masked_batch_norm(a, mask, w, b),
-                                    (x, weight, bias), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda a, w, b: masked_batch_norm(a, mask, w, b), (x, weight, bias), eps=1e-6, atol=1e-6
+    )
 
 
 def test_masked_batch_norm_rejects_bad_input():
@@ -95,12 +102,15 @@ def test_normalize_tokens_matches_torch_references(batch):
     torch.testing.assert_close(bn, ref_bn, **TOL)
     module = torch.nn.BatchNorm1d(d, dtype=torch.float64).train()
     torch.testing.assert_close(bn, module(x.transpose(1, 2)).transpose(1, 2).detach(), **TOL)
-    torch.testing.assert_close(normalize_tokens("layer", x, mask),
-                               F.layer_norm(x, (d,), eps=1e-5), **TOL)
-    torch.testing.assert_close(normalize_tokens("rms", x, mask),
-                               F.rms_norm(x, (d,), eps=1e-5), **TOL)
-    torch.testing.assert_close(normalize_tokens("masked batch", x, mask),
-                               masked_batch_norm(x, mask), **TOL)
+    torch.testing.assert_close(
+        normalize_tokens("layer", x, mask), F.layer_norm(x, (d,), eps=1e-5), **TOL
+    )
+    torch.testing.assert_close(
+        normalize_tokens("rms", x, mask), F.rms_norm(x, (d,), eps=1e-5), **TOL
+    )
+    torch.testing.assert_close(
+        normalize_tokens("masked batch", x, mask), masked_batch_norm(x, mask), **TOL
+    )
     with pytest.raises(ValueError, match="expected kind"):
         normalize_tokens("instance", x, mask)
     with pytest.raises(ValueError, match=r"expected 3D input \(got 2D input\)"):

@@ -3,6 +3,7 @@ the same learning rate for each mode on validation, the chosen rate is the best 
 and lies strictly inside the slice searched, the synchronized runs agree across the two
 processes, synchronized BN trains with one sample per process, and every mode and
 reported seed is there."""
+
 from bnlib.experiments.data_parallel import launch
 from bnlib.experiments.sync_bn import sync_demo
 

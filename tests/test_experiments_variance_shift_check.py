@@ -1,10 +1,14 @@
 """Chapter 7a's exercise grader (bnlib.experiments.variance_shift_check): the measurement
 follows the variance-shift formula, the correct prediction passes, and the plausible
 mistakes (ignoring the mean, no shift at all) fail."""
+
 import pytest
 
-from bnlib.experiments.variance_shift_check import (CASES, check_variance_shift,
-                                                   measured_variance_shift)
+from bnlib.experiments.variance_shift_check import (
+    CASES,
+    check_variance_shift,
+    measured_variance_shift,
+)
 
 
 def right(p, mu, v):

@@ -1,12 +1,18 @@
 """Rule 4 of chapter 4: scale invariance against theory, weight decay as hooks against
 torch.optim.SGD's weight_decay, and the effective learning rate it raises."""
+
 import pytest
 import torch
 from torch import nn
 
 from bnlib.experiments import load_digits_split, mlp
-from bnlib.experiments.weight_decay import (add_weight_decay, decay_arms, decayed_parameters,
-                                            scale_invariance, train_weight_decay)
+from bnlib.experiments.weight_decay import (
+    add_weight_decay,
+    decay_arms,
+    decayed_parameters,
+    scale_invariance,
+    train_weight_decay,
+)
 
 
 def test_scale_invariance_matches_theory():
@@ -27,8 +33,10 @@ def test_weight_decay_hooks_equal_sgd_weight_decay():
     ref.load_state_dict(ours.state_dict())
     add_weight_decay(ours, "weights", 0.1)
     decayed = {id(p) for p in decayed_parameters(ref, "weights")}
-    groups = [{"params": [p for p in ref.parameters() if id(p) in decayed], "weight_decay": 0.1},
-              {"params": [p for p in ref.parameters() if id(p) not in decayed]}]
+    groups = [
+        {"params": [p for p in ref.parameters() if id(p) in decayed], "weight_decay": 0.1},
+        {"params": [p for p in ref.parameters() if id(p) not in decayed]},
+    ]
     opt_ours = torch.optim.SGD(ours.parameters(), lr=0.3)
     opt_ref = torch.optim.SGD(groups, lr=0.3)
     g = torch.Generator().manual_seed(1)
@@ -50,8 +58,14 @@ def test_weight_decay_before_batch_norm_raises_the_effective_learning_rate():
     runs = {}
     for d in ("none", "weights", "all"):
         torch.manual_seed(0)
-        runs[d] = train_weight_decay(mlp(activation="relu", norm="batch"), split, d, steps=100,
-                                     record_every=20, eval_every=100)
+        runs[d] = train_weight_decay(
+            mlp(activation="relu", norm="batch"),
+            split,
+            d,
+            steps=100,
+            record_every=20,
+            eval_every=100,
+        )
     none, weights, all_ = runs["none"], runs["weights"], runs["all"]
     assert none.steps == [0, 20, 40, 60, 80, 100]
     # Without decay the norm can only grow: the gradient is orthogonal to each row.
@@ -78,6 +92,7 @@ def test_decay_arms_decay_what_they_say():
 
 def test_decay_arms_build_in_the_split_dtype_and_keep_their_decay():
     from bnlib.experiments.precision import double_split
+
     split = double_split(load_digits_split())
     net = {a.name: a for a in decay_arms(weight_decay=0.5, split=split)}["weights"].build()
     assert {p.dtype for p in net.parameters()} == {torch.float64}

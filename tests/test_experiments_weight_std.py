@@ -1,13 +1,18 @@
 """Weight standardization (bnlib.experiments.weight_std) against its definition written
 with torch.nn.functional, autograd's gradcheck and the invariance it promises."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bnlib.experiments import mlp, small_cnn
-from bnlib.experiments.weight_std import (WSConv2d, WSLinear, standardize_weight,
-                                          with_weight_standardization)
+from bnlib.experiments.weight_std import (
+    WSConv2d,
+    WSLinear,
+    standardize_weight,
+    with_weight_standardization,
+)
 
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 
@@ -26,10 +31,12 @@ def test_standardize_weight_matches_its_definition(shape):
     w = torch.randn(*shape, dtype=torch.float64) * 3 + 1
     torch.testing.assert_close(standardize_weight(w, eps=1e-5), reference(w, 1e-5), **TIGHT)
     std = standardize_weight(w, eps=0.0).reshape(shape[0], -1)
-    torch.testing.assert_close(std.mean(dim=1), torch.zeros(shape[0], dtype=torch.float64),
-                               rtol=0, atol=1e-12)
-    torch.testing.assert_close(std.var(dim=1, unbiased=False),
-                               torch.ones(shape[0], dtype=torch.float64), **TIGHT)
+    torch.testing.assert_close(
+        std.mean(dim=1), torch.zeros(shape[0], dtype=torch.float64), rtol=0, atol=1e-12
+    )
+    torch.testing.assert_close(
+        std.var(dim=1, unbiased=False), torch.ones(shape[0], dtype=torch.float64), **TIGHT
+    )
 
 
 def test_standardize_weight_gradient_passes_gradcheck():
@@ -42,12 +49,12 @@ def test_ws_layers_equal_functional_calls_with_standardized_weights():
     torch.manual_seed(0)
     lin = WSLinear(6, 4, dtype=torch.float64)
     x = torch.randn(8, 6, dtype=torch.float64)
-    torch.testing.assert_close(lin(x), F.linear(x, reference(lin.weight, 1e-5), lin.bias),
-                               **TIGHT)
+    torch.testing.assert_close(lin(x), F.linear(x, reference(lin.weight, 1e-5), lin.bias), **TIGHT)
     conv = WSConv2d(2, 3, 3, padding=1, dtype=torch.float64)
     img = torch.randn(2, 2, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(
-        conv(img), F.conv2d(img, reference(conv.weight, 1e-5), conv.bias, padding=1), **TIGHT)
+        conv(img), F.conv2d(img, reference(conv.weight, 1e-5), conv.bias, padding=1), **TIGHT
+    )
 
 
 def test_ws_output_ignores_per_unit_scale_and_shift_of_the_weights():

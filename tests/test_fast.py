@@ -1,5 +1,6 @@
 """The fast NumPy path against the teaching version, torch.nn.functional.batch_norm with
 autograd, and float64 references; its out= buffers, its accuracy far from zero, and its errors."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnlib.numpy import (batch_norm_backward, batch_norm_backward_fast, batch_norm_forward,
-                         batch_norm_forward_fast, batch_stats_fast)
+from bnlib.numpy import (
+    batch_norm_backward,
+    batch_norm_backward_fast,
+    batch_norm_forward,
+    batch_norm_forward_fast,
+    batch_stats_fast,
+)
 from bnlib.numpy.fast import DEFAULT_BLOCK_BYTES, _Blocks, block_layout
 
 SHAPES = [(7, 3), (64, 5), (4, 3, 5), (3, 2, 4, 5), (8, 3, 6, 6), (2, 3, 2, 3, 4)]
@@ -87,16 +93,22 @@ def test_without_affine_parameters(shape):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(2, 9), c=st.integers(1, 5), spatial=st.lists(st.integers(1, 6), max_size=2),
-       block_bytes=st.sampled_from([8, 40, 200, 4096]), seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(2, 9),
+    c=st.integers(1, 5),
+    spatial=st.lists(st.integers(1, 6), max_size=2),
+    block_bytes=st.sampled_from([8, 40, 200, 4096]),
+    seed=st.integers(0, 2**16),
+)
 def test_any_shape_and_block_size_equals_the_teaching_version(n, c, spatial, block_bytes, seed):
     x, gamma, beta, dy = make((n, c, *spatial), np.float64, seed=seed)
     for a, r in zip(fast(x, gamma, beta, dy, block_bytes), teaching64(x, gamma, beta, dy)):
         np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("shape3", [(4096, 1024, 1), (64, 64, 3136), (256, 128, 196),
-                                    (2, 3, 100_000), (5, 7, 3)])
+@pytest.mark.parametrize(
+    "shape3", [(4096, 1024, 1), (64, 64, 3136), (256, 128, 196), (2, 3, 100_000), (5, 7, 3)]
+)
 def test_blocks_fit_the_target_are_contiguous_and_cover_every_element_once(shape3):
     N, C, L = shape3
     nb, cb, lb = block_layout(shape3, 4, 4096)
@@ -112,7 +124,8 @@ def test_blocks_fit_the_target_are_contiguous_and_cover_every_element_once(shape
             span = index.reshape(-1)[start:stop].reshape(shape)  # what the passes read
             n0, l0 = np.unravel_index(int(span.flat[0]), small)[::2]
             np.testing.assert_array_equal(
-                span, index[n0:n0 + shape[0], c, l0:l0 + shape[2]])  # the block it claims
+                span, index[n0 : n0 + shape[0], c, l0 : l0 + shape[2]]
+            )  # the block it claims
             seen[start:stop] += 1
     assert (seen == 1).all()
 
@@ -169,14 +182,17 @@ def test_sorted_data_with_an_unrepresentative_pilot_block():
     np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("x,gamma,message", [
-    (np.ones((4, 3), dtype=np.int64), None, "floating-point input"),
-    (np.ones((4, 3), dtype=np.float16), None, "float32 or float64 input"),
-    (np.ones(3), None, r"expected 2D or higher input of shape \(N, C, ...\) \(got 1D input\)"),
-    (np.ones((4, 2)), np.ones(3), "expected input with 3 channels"),
-    (np.ones((0, 3)), None, "non-empty input"),
-    (np.ones((1, 3, 1, 1)), None, "Expected more than 1 value per channel when training"),
-])
+@pytest.mark.parametrize(
+    "x,gamma,message",
+    [
+        (np.ones((4, 3), dtype=np.int64), None, "floating-point input"),
+        (np.ones((4, 3), dtype=np.float16), None, "float32 or float64 input"),
+        (np.ones(3), None, r"expected 2D or higher input of shape \(N, C, ...\) \(got 1D input\)"),
+        (np.ones((4, 2)), np.ones(3), "expected input with 3 channels"),
+        (np.ones((0, 3)), None, "non-empty input"),
+        (np.ones((1, 3, 1, 1)), None, "Expected more than 1 value per channel when training"),
+    ],
+)
 def test_bad_input_raises_value_error(x, gamma, message):
     with pytest.raises(ValueError, match=message):
         batch_norm_forward_fast(x, gamma, None)
@@ -186,10 +202,12 @@ def test_bad_beta_and_bad_out_buffers_raise_value_error():
     x = np.ones((4, 3), dtype=np.float32)
     with pytest.raises(ValueError, match="expected input with 2 channels to match beta"):
         batch_norm_forward_fast(x, None, np.zeros(2))
-    for out, message in [(np.empty((4, 2), np.float32), r"expected out of shape \(4, 3\)"),
-                         (np.empty((4, 3), np.float64), "dtype float32"),
-                         (np.empty((3, 4), np.float32).T, "C-contiguous"),
-                         (x, "must not share memory")]:
+    for out, message in [
+        (np.empty((4, 2), np.float32), r"expected out of shape \(4, 3\)"),
+        (np.empty((4, 3), np.float64), "dtype float32"),
+        (np.empty((3, 4), np.float32).T, "C-contiguous"),
+        (x, "must not share memory"),
+    ]:
         with pytest.raises(ValueError, match=message):
             batch_norm_forward_fast(x, None, None, out=out)
 

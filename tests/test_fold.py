@@ -1,4 +1,5 @@
 """Folding batch norm into Conv/Linear, against torch.nn.utils.fusion and the unfolded model."""
+
 import pytest
 import torch
 from torch import nn
@@ -52,7 +53,6 @@ def test_fold_bn_equals_bn_of_layer_and_torch_fusion(make_layer, bn_cls, shape, 
     torch.testing.assert_close(folded.bias, ref.bias, **TOL)
 
 
-
 def test_fold_bn_refuses_bad_input():
     layer, bn = nn.Linear(4, 3), nn.BatchNorm1d(3)
     with pytest.raises(ValueError, match="only valid in evaluation mode"):
@@ -61,8 +61,11 @@ def test_fold_bn_refuses_bad_input():
         fold_bn(layer.eval(), bn.train())
     with pytest.raises(ValueError, match="with running statistics"):
         fold_bn(layer.eval(), nn.BatchNorm1d(3, track_running_stats=False).eval())
-    with pytest.raises(ValueError, match="with 3 features to match the layer's output "
-                                         r"channels \(got 5\)"):
+    with pytest.raises(
+        ValueError,
+        match="with 3 features to match the layer's output "
+        r"channels \(got 5\)",
+    ):
         fold_bn(layer.eval(), nn.BatchNorm1d(5).eval())
     with pytest.raises(ValueError, match="expected nn.Linear or nn.Conv1d/2d/3d"):
         fold_bn(nn.ReLU(), nn.BatchNorm1d(3).eval())
@@ -82,14 +85,24 @@ def train_a_little(model, shape, steps=3):
     return model.eval()
 
 
-@pytest.mark.parametrize("model,shape", [
-    (lambda: small_cnn(norm="batch", channels=4), (16, 1, 8, 8)),
-    (lambda: mlp(in_features=6, hidden=5, depth=3, norm="batch"), (16, 6)),
-    (lambda: nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(),
-                           nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)),  # nested
-                           nn.BatchNorm2d(3),  # after a Sequential: not folded
-                           nn.Flatten()), (16, 1, 6, 6)),
-])
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        (lambda: small_cnn(norm="batch", channels=4), (16, 1, 8, 8)),
+        (lambda: mlp(in_features=6, hidden=5, depth=3, norm="batch"), (16, 6)),
+        (
+            lambda: nn.Sequential(
+                nn.Conv2d(1, 3, 3),
+                nn.BatchNorm2d(3),
+                nn.ReLU(),
+                nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)),  # nested
+                nn.BatchNorm2d(3),  # after a Sequential: not folded
+                nn.Flatten(),
+            ),
+            (16, 1, 6, 6),
+        ),
+    ],
+)
 def test_fold_all_bn_equals_original_in_eval(model, shape):
     torch.manual_seed(0)
     original = train_a_little(model().double(), shape)
@@ -100,7 +113,6 @@ def test_fold_all_bn_equals_original_in_eval(model, shape):
     expected_left = 1 if isinstance(original[-1], nn.Flatten) else 0
     assert len(bns(folded)) == expected_left and len(bns(original)) > expected_left
     assert any(isinstance(m, nn.Identity) for m in folded.modules())
-
 
 
 def test_fold_all_bn_refuses_training_mode_and_leaves_the_original_alone():

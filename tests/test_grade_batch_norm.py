@@ -1,4 +1,5 @@
 """The chapter 2 and 3 graders accept correct functions and reject plausible wrong ones."""
+
 import numpy as np
 
 from bnlib.grade_batch_norm import check_backward, check_forward
@@ -15,8 +16,9 @@ def test_forward_grader_accepts_bnlib_and_rejects_the_unbiased_variance_and_wron
     def unbiased(x, g, b, eps):
         axes, shape = _axes(x)
         mu, var = x.mean(axis=axes), x.var(axis=axes, ddof=1)
-        return ((x - mu.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
-                * g.reshape(shape) + b.reshape(shape))
+        return (x - mu.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * g.reshape(
+            shape
+        ) + b.reshape(shape)
 
     def per_activation(x, g, b, eps):  # statistics over N only, also for images
         _, shape = _axes(x)
@@ -34,8 +36,10 @@ def test_backward_grader_accepts_the_compact_form_and_rejects_a_missing_term():
         axes, shape = _axes(dy)
         m = dy.size // dy.shape[1]
         g = dy * gamma.reshape(shape)
-        terms = {"mean": g.sum(axis=axes).reshape(shape),
-                 "var": x_hat * (g * x_hat).sum(axis=axes).reshape(shape)}
+        terms = {
+            "mean": g.sum(axis=axes).reshape(shape),
+            "var": x_hat * (g * x_hat).sum(axis=axes).reshape(shape),
+        }
         if drop:
             terms[drop] = 0.0
         return inv_std.reshape(shape) / m * (m * g - terms["mean"] - terms["var"])

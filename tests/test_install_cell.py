@@ -8,6 +8,7 @@ runs in a fresh environment without bnlib, where the cell installs it (from a lo
 the repository named by ``BNBOOK_INSTALL_FROM``: tests have no network) and nbval then
 reproduces every stored output.
 """
+
 import os
 import shutil
 import subprocess
@@ -31,16 +32,19 @@ install_cell = load_install_cell()
 
 @pytest.mark.parametrize("path", chapter_params("install-cell"))
 def test_every_chapter_starts_with_the_current_install_cell(path):
-    problems = install_cell.problems(nbformat.read(path, as_version=4),
-                                     install_cell.cell_source())
-    assert not problems, f"{path.name}: " + "; ".join(problems) + \
-        f"\n  fix: scripts/install-cell chapters/{path.name}"
+    problems = install_cell.problems(nbformat.read(path, as_version=4), install_cell.cell_source())
+    assert not problems, (
+        f"{path.name}: "
+        + "; ".join(problems)
+        + f"\n  fix: scripts/install-cell chapters/{path.name}"
+    )
 
 
 def test_the_cell_installs_from_the_repository_in_config_yml(tmp_path):
     config = tmp_path / "_config.yml"
-    config.write_text("repository:\n  url: https://github.com/someone/fork/\n"
-                      "  branch: dev\n", encoding="utf-8")
+    config.write_text(
+        "repository:\n  url: https://github.com/someone/fork/\n  branch: dev\n", encoding="utf-8"
+    )
     source = install_cell.cell_source(config)
     assert '"git+https://github.com/someone/fork@dev"' in source
     assert "BNBOOK_INSTALL_FROM" in source
@@ -52,8 +56,11 @@ def test_the_script_inserts_once_keeps_counts_and_detects_a_stale_cell(tmp_path)
     target = tmp_path / FRESH_ENV_CHAPTER.name
     shutil.copy(FRESH_ENV_CHAPTER, target)
     before = nbformat.read(target, as_version=4)
-    before_counts = [c.execution_count for c in before.cells if c.cell_type == "code"
-                     and not install_cell.is_install_cell(c)]
+    before_counts = [
+        c.execution_count
+        for c in before.cells
+        if c.cell_type == "code" and not install_cell.is_install_cell(c)
+    ]
     run = [sys.executable, str(SCRIPT)]
     subprocess.run(run + [str(target)], check=True, capture_output=True)
     once = target.read_bytes()
@@ -73,13 +80,12 @@ def test_the_script_inserts_once_keeps_counts_and_detects_a_stale_cell(tmp_path)
     # A fork edits _config.yml: the cell is then stale, and the script rewrites it.
     fork = tmp_path / "_config.yml"
     fork.write_text("repository:\n  url: https://github.com/someone/fork\n", encoding="utf-8")
-    stale = subprocess.run(run + ["--check", "--config", str(fork), str(target)],
-                           capture_output=True, text=True)
+    stale = subprocess.run(
+        run + ["--check", "--config", str(fork), str(target)], capture_output=True, text=True
+    )
     assert stale.returncode == 1 and "stale" in stale.stdout
-    subprocess.run(run + ["--config", str(fork), str(target)], check=True,
-                   capture_output=True)
-    assert "someone/fork@main" in "".join(
-        nbformat.read(target, as_version=4).cells[1].source)
+    subprocess.run(run + ["--config", str(fork), str(target)], check=True, capture_output=True)
+    assert "someone/fork@main" in "".join(nbformat.read(target, as_version=4).cells[1].source)
 
 
 def test_binder_postbuild_installs_bnlib_from_the_checkout():
@@ -87,8 +93,11 @@ def test_binder_postbuild_installs_bnlib_from_the_checkout():
     and then runs postBuild, so the install cell finds bnlib and does nothing there."""
     post_build = ROOT / "postBuild"
     assert os.access(post_build, os.X_OK), "postBuild must be executable"
-    commands = [line.strip() for line in post_build.read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    commands = [
+        line.strip()
+        for line in post_build.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert "pip install --no-deps -e ." in commands
     requirements = (ROOT / "requirements.txt").read_text()
     for package in ("jupyter-book==", "scikit-learn==", "torch==", "numpy=="):
@@ -104,9 +113,12 @@ def _fresh_env(tmp_path):
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(env)], check=True)
     python = env / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; "
-                           "print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "bnbook_main_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python, Path(site)
 
@@ -116,22 +128,34 @@ def _copy_of_the_repository(target):
     target.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, target / name)
-    shutil.copytree(ROOT / "bnlib", target / "bnlib",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "bnlib", target / "bnlib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     return target
 
 
 def test_a_chapter_runs_in_a_fresh_environment_where_the_cell_installs_bnlib(tmp_path):
     python, site = _fresh_env(tmp_path)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV", "JUPYTER"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV", "JUPYTER"))
+    }
 
     def probe(code, **kwargs):  # run in tmp_path: the working directory is on sys.path
-        return subprocess.run([str(python), "-c", code], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, **kwargs)
+        return subprocess.run(
+            [str(python), "-c", code],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            **kwargs,
+        )
+
     missing = probe("import bnlib")
-    assert missing.returncode != 0 and "No module named 'bnlib'" in missing.stderr, \
+    assert missing.returncode != 0 and "No module named 'bnlib'" in missing.stderr, (
         "bnlib is importable in the fresh environment before the cell ran"
+    )
     probe("import torch, numpy, myst_nb, sklearn, nbval", check=True)
 
     notebook = tmp_path / "nb" / FRESH_ENV_CHAPTER.name
@@ -140,21 +164,43 @@ def test_a_chapter_runs_in_a_fresh_environment_where_the_cell_installs_bnlib(tmp
     install_cell.apply(nb, install_cell.cell_source())
     nbformat.write(nb, notebook)
 
-    env.update({
-        "BNBOOK_INSTALL_FROM": str(_copy_of_the_repository(tmp_path / "repository")),
-        # No network in tests: pip must use what the environment has. numpy and torch
-        # (bnlib's dependencies) come through the .pth line; pip would also see the main
-        # venv's bnlib there, so it is told to install regardless.
-        "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_IGNORE_INSTALLED": "1",
-        "PIP_NO_DEPS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "OMP_NUM_THREADS": "1",
-    })
+    env.update(
+        {
+            "BNBOOK_INSTALL_FROM": str(_copy_of_the_repository(tmp_path / "repository")),
+            # No network in tests: pip must use what the environment has. numpy and torch
+            # (bnlib's dependencies) come through the .pth line; pip would also see the main
+            # venv's bnlib there, so it is told to install regardless.
+            "PIP_NO_INDEX": "1",
+            "PIP_NO_BUILD_ISOLATION": "0",
+            "PIP_IGNORE_INSTALLED": "1",
+            "PIP_NO_DEPS": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     result = subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "--nbval", "--nbval-current-env", "--nbval-sanitize-with",
-         str(ROOT / "tests" / "nbval_sanitize.cfg"), str(notebook)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(ROOT / "tests" / "nbval_sanitize.cfg"),
+            str(notebook),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
     where = probe("import bnlib; print(bnlib.__file__)", check=True).stdout.strip()

@@ -8,6 +8,7 @@ not make them so coarse that a changed conclusion passes. Two checks:
 * end to end, nbval fails on a notebook whose stored glued accuracy is one point off the value
   its code computes, and passes when the stored value is right.
 """
+
 import json
 import re
 import subprocess
@@ -46,12 +47,15 @@ def glued_numbers(path):
 def bump_last_digit(number, max_decimals=None):
     """``number`` with one unit added to its last written digit (0.93 -> 0.94, 1e-08 -> 2e-08),
     or to its decimal ``max_decimals`` when it has more decimals than that."""
-    mantissa, exponent = re.split("[eE]", number) + [""] if re.search("[eE]", number) is None \
+    mantissa, exponent = (
+        re.split("[eE]", number) + [""]
+        if re.search("[eE]", number) is None
         else re.split("[eE]", number)
+    )
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
     if max_decimals is not None:
         decimals = min(decimals, max_decimals)
-    step = 10.0 ** -decimals * (-1 if mantissa.startswith("-") else 1)
+    step = 10.0**-decimals * (-1 if mantissa.startswith("-") else 1)
     bumped = f"{float(mantissa) + step:.{decimals}f}"
     return bumped + (f"e{exponent}" if exponent else "")
 
@@ -72,26 +76,58 @@ def test_a_glued_number_changed_in_a_reported_digit_is_still_detected(path):
         # change in any digit up to the sixth decimal must survive it.
         changed = bump_last_digit(text, max_decimals=6)
         assert sanitize(text) != sanitize(changed), (
-            f"{path.name}: glued {key}={text} and {changed} look the same to nbval")
+            f"{path.name}: glued {key}={text} and {changed} look the same to nbval"
+        )
 
 
 def make_notebook(stored_value):
     code = "from myst_nb import glue\naccuracy = round(0.50 + 0.43, 2)\nglue('acc', accuracy, display=False)"
-    cell = nbformat.v4.new_code_cell(code, execution_count=1, outputs=[
-        nbformat.v4.new_output("display_data", data={GLUE_MIME: stored_value},
-                               metadata={"scrapbook": {"name": "acc",
-                                                       "mime_prefix": "application/papermill.record/"}})])
+    cell = nbformat.v4.new_code_cell(
+        code,
+        execution_count=1,
+        outputs=[
+            nbformat.v4.new_output(
+                "display_data",
+                data={GLUE_MIME: stored_value},
+                metadata={
+                    "scrapbook": {"name": "acc", "mime_prefix": "application/papermill.record/"}
+                },
+            )
+        ],
+    )
     nb = nbformat.v4.new_notebook(cells=[cell])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     return nb
 
 
 def run_nbval(path):
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-         "--nbval", "--nbval-current-env", "--nbval-sanitize-with",
-         str(ROOT / "tests" / "nbval_sanitize.cfg"), "--rootdir", str(path.parent), str(path)],
-        capture_output=True, text=True, timeout=120, cwd=path.parent)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:cacheprovider",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(ROOT / "tests" / "nbval_sanitize.cfg"),
+            "--rootdir",
+            str(path.parent),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=path.parent,
+    )
 
 
 def test_nbval_fails_when_a_glued_accuracy_is_one_point_off(tmp_path):

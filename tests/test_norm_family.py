@@ -1,6 +1,7 @@
 """LayerNorm, GroupNorm, InstanceNorm1d/2d and RMSNorm of bnlib.torch against torch.nn (2.13):
 constructor signatures, state_dict keys, repr, forward and gradients in float64; and the NumPy
 LayerNorm/GroupNorm forward/backward against torch and finite differences."""
+
 import inspect
 import io
 import warnings
@@ -14,8 +15,12 @@ import bnlib.torch as bt
 from _reference import assert_steps_match
 from conftest import TOL as TOLERANCES, make_pair
 from bnlib.numpy import numerical_gradient
-from bnlib.numpy.norms import (group_norm_backward, group_norm_forward, layer_norm_backward,
-                               layer_norm_forward)
+from bnlib.numpy.norms import (
+    group_norm_backward,
+    group_norm_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+)
 
 TOL = TOLERANCES["f64"]
 F64 = torch.float64
@@ -43,8 +48,9 @@ CASES = [
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
 
-@pytest.mark.parametrize("name", ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
-                                  "RMSNorm"])
+@pytest.mark.parametrize(
+    "name", ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "RMSNorm"]
+)
 def test_constructor_signature_matches_torch(name):
     ours = inspect.signature(getattr(bt, name).__init__).parameters
     ref = inspect.signature(getattr(nn, name).__init__).parameters
@@ -87,8 +93,9 @@ def test_gradcheck(name, args, kwargs, shape):
 def test_group_norm_extremes_are_layer_and_instance_norm():
     x = torch.randn(3, 4, 5, 6, dtype=F64)
     one_group = bt.GroupNorm(1, 4, affine=False)(x)
-    torch.testing.assert_close(one_group, bt.LayerNorm((4, 5, 6), elementwise_affine=False)(x),
-                               **TOL)
+    torch.testing.assert_close(
+        one_group, bt.LayerNorm((4, 5, 6), elementwise_affine=False)(x), **TOL
+    )
     per_channel = bt.GroupNorm(4, 4, affine=False)(x)
     torch.testing.assert_close(per_channel, bt.InstanceNorm2d(4)(x), **TOL)
 
@@ -99,36 +106,53 @@ def test_layer_norm_is_batch_independent_and_rms_norm_is_not_centred():
     torch.testing.assert_close(ln(x)[:3], ln(x[:3]), **TOL)  # one sample does not see others
     rms = bt.RMSNorm(5, elementwise_affine=False)(x + 10.0)
     assert (rms.mean(dim=1) > 0.9).all()  # the shift survives: no centring
-    torch.testing.assert_close(rms.square().mean(dim=1), torch.ones(8, dtype=F64),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        rms.square().mean(dim=1), torch.ones(8, dtype=F64), rtol=1e-12, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("make,shape,match", [
-    (lambda: bt.LayerNorm(4), (2, 5), r"Given normalized_shape=\[4\], expected input with "
-                                      r"shape \[\*, 4\], but got input of size\[2, 5\]"),
-    (lambda: bt.LayerNorm((3, 4)), (4,), r"expected input with shape \[\*, 3, 4\]"),
-    (lambda: bt.RMSNorm(4), (2, 3), r"Given normalized_shape=\[4\]"),
-    (lambda: bt.GroupNorm(2, 4), (2, 6, 3), r"expected input with 4 channels \(got 6"),
-    (lambda: bt.GroupNorm(2, 4), (4,), r"Expected at least 2 dimensions for input tensor"),
-    (lambda: bt.InstanceNorm1d(3), (2, 3, 4, 5), r"expected 2D or 3D input \(got 4D input\)"),
-    (lambda: bt.InstanceNorm2d(3), (3, 4), r"expected 3D or 4D input \(got 2D input\)"),
-    (lambda: bt.InstanceNorm1d(3, affine=True), (2, 4, 5),
-     r"expected input's size at dim=1 to match num_features \(3\), but got: 4"),
-    (lambda: bt.InstanceNorm1d(3), (2, 3, 1), r"Expected more than 1 spatial element"),
-])
+@pytest.mark.parametrize(
+    "make,shape,match",
+    [
+        (
+            lambda: bt.LayerNorm(4),
+            (2, 5),
+            r"Given normalized_shape=\[4\], expected input with "
+            r"shape \[\*, 4\], but got input of size\[2, 5\]",
+        ),
+        (lambda: bt.LayerNorm((3, 4)), (4,), r"expected input with shape \[\*, 3, 4\]"),
+        (lambda: bt.RMSNorm(4), (2, 3), r"Given normalized_shape=\[4\]"),
+        (lambda: bt.GroupNorm(2, 4), (2, 6, 3), r"expected input with 4 channels \(got 6"),
+        (lambda: bt.GroupNorm(2, 4), (4,), r"Expected at least 2 dimensions for input tensor"),
+        (lambda: bt.InstanceNorm1d(3), (2, 3, 4, 5), r"expected 2D or 3D input \(got 4D input\)"),
+        (lambda: bt.InstanceNorm2d(3), (3, 4), r"expected 3D or 4D input \(got 2D input\)"),
+        (
+            lambda: bt.InstanceNorm1d(3, affine=True),
+            (2, 4, 5),
+            r"expected input's size at dim=1 to match num_features \(3\), but got: 4",
+        ),
+        (lambda: bt.InstanceNorm1d(3), (2, 3, 1), r"Expected more than 1 spatial element"),
+    ],
+)
 def test_bad_input_raises_value_error(make, shape, match):
     with pytest.raises(ValueError, match=match):
         make()(torch.randn(shape))
 
 
 def test_group_count_must_divide_channels():
-    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by "
-                                         r"num_groups \(4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_channels \(6\) must be divisible by "
+        r"num_groups \(4\)",
+    ):
         bt.GroupNorm(4, 6)
     with pytest.raises(ValueError, match="divisible by num_groups"):
         nn.GroupNorm(4, 6)  # the same error in torch
-    with pytest.raises(ValueError, match=r"divisible by num_groups, but got input of "
-                                         r"shape \[2, 6, 3\] and num_groups=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"divisible by num_groups, but got input of "
+        r"shape \[2, 6, 3\] and num_groups=4",
+    ):
         bt.group_norm(torch.randn(2, 6, 3), 4)
 
 
@@ -144,8 +168,12 @@ def test_instance_norm_without_affine_warns_on_channel_mismatch_like_torch():
 # --- NumPy LayerNorm and GroupNorm: against torch and against finite differences -----------
 
 NP_CASES = [  # (kind, input shape, layer-norm normalized_ndim or group count, affine)
-    ("layer", (4, 6), 1, True), ("layer", (2, 3, 4, 5), 2, True), ("layer", (5, 3), 1, False),
-    ("group", (4, 6, 5), 3, True), ("group", (2, 4, 3, 3), 2, True), ("group", (3, 6), 6, False),
+    ("layer", (4, 6), 1, True),
+    ("layer", (2, 3, 4, 5), 2, True),
+    ("layer", (5, 3), 1, False),
+    ("group", (4, 6, 5), 3, True),
+    ("group", (2, 4, 3, 3), 2, True),
+    ("group", (3, 6), 6, False),
     ("group", (2, 4, 2, 2, 2), 1, True),
 ]
 
@@ -163,7 +191,7 @@ def np_backward(kind, dy, cache):
 def np_params(kind, shape, arg, affine, rng):
     if not affine:
         return None, None
-    pshape = shape[len(shape) - arg:] if kind == "layer" else (shape[1],)
+    pshape = shape[len(shape) - arg :] if kind == "layer" else (shape[1],)
     return rng.normal(size=pshape), rng.normal(size=pshape)
 
 
@@ -177,7 +205,7 @@ def test_numpy_norms_equal_torch(kind, shape, arg, affine):
     t = lambda a: None if a is None else torch.tensor(a, requires_grad=True)
     xt, gt, bt_ = t(x), t(gamma), t(beta)
     if kind == "layer":
-        yt = torch.nn.functional.layer_norm(xt, shape[len(shape) - arg:], gt, bt_, 1e-5)
+        yt = torch.nn.functional.layer_norm(xt, shape[len(shape) - arg :], gt, bt_, 1e-5)
     else:
         yt = torch.nn.functional.group_norm(xt, arg, gt, bt_, 1e-5)
     yt.backward(torch.tensor(dy))
@@ -207,8 +235,11 @@ def test_numpy_norms_equal_finite_differences(kind, shape, arg, affine):
 
 
 def test_numpy_norms_bad_input():
-    with pytest.raises(ValueError, match=r"num_channels \(6\) must be divisible by "
-                                         r"num_groups \(4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_channels \(6\) must be divisible by "
+        r"num_groups \(4\)",
+    ):
         group_norm_forward(np.ones((2, 6, 3)), 4)
     with pytest.raises(ValueError, match=r"expected gamma of shape \(4,\)"):
         group_norm_forward(np.ones((2, 4, 3)), 2, gamma=np.ones(3))

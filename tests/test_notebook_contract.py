@@ -2,6 +2,7 @@
 stored their outputs, with nothing machine-specific in them, and the TOC lists every chapter.
 The reader contract (issue 13, tests/reader_contract.py): no code a reader sees calls glue(),
 and no line of it is wider than the page's code column (79 characters)."""
+
 import json
 import re
 from pathlib import Path
@@ -16,8 +17,11 @@ NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
 
 def code_cells(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
-    return nb, [(i, c) for i, c in enumerate(nb["cells"])
-                if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    return nb, [
+        (i, c)
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and "".join(c["source"]).strip()
+    ]
 
 
 def test_there_are_eight_chapters_and_the_toc_lists_every_notebook():
@@ -33,7 +37,9 @@ def test_every_code_cell_was_executed_in_order(path):
     nb, cells = code_cells(path)
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     counts = [c["execution_count"] for _, c in cells]
-    assert None not in counts, f"unexecuted cells: {[i for i, c in cells if c['execution_count'] is None]}"
+    assert None not in counts, (
+        f"unexecuted cells: {[i for i, c in cells if c['execution_count'] is None]}"
+    )
     assert counts == list(range(1, len(counts) + 1)), "re-run the notebook top to bottom"
 
 
@@ -58,23 +64,37 @@ def test_no_code_a_reader_sees_calls_glue(path):
 @pytest.mark.parametrize("path", chapter_params("line-length"))
 def test_code_a_reader_sees_fits_the_column(path):
     problems = line_length_problems(path)
-    assert not problems, f"{path.name}: {len(problems)} lines too long:\n  " + \
-        "\n  ".join(problems[:20])
+    assert not problems, f"{path.name}: {len(problems)} lines too long:\n  " + "\n  ".join(
+        problems[:20]
+    )
 
 
 def test_the_reader_checks_catch_planted_defects(tmp_path):
     """Visible glue and a visible 80-character line are reported; hidden ones are not."""
+
     def cell(source, tags=()):
-        return {"cell_type": "code", "execution_count": 1, "metadata": {"tags": list(tags)},
-                "outputs": [], "source": source}
+        return {
+            "cell_type": "code",
+            "execution_count": 1,
+            "metadata": {"tags": list(tags)},
+            "outputs": [],
+            "source": source,
+        }
+
     long_line = "x = " + "1" * 76  # 80 characters
-    nb = {"cells": [cell("from myst_nb import glue\nglue('a', 1, display=False)"),
-                    cell("myst_nb.glue('b', 2)"),
-                    cell("glue('c', 3)", ["remove-input"]),
-                    cell(long_line),
-                    cell(long_line, ["hide-cell"]),
-                    cell("x = 1  # glue('d', 4) in a comment is no call")],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    nb = {
+        "cells": [
+            cell("from myst_nb import glue\nglue('a', 1, display=False)"),
+            cell("myst_nb.glue('b', 2)"),
+            cell("glue('c', 3)", ["remove-input"]),
+            cell(long_line),
+            cell(long_line, ["hide-cell"]),
+            cell("x = 1  # glue('d', 4) in a comment is no call"),
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path = tmp_path / "planted.ipynb"
     path.write_text(json.dumps(nb), encoding="utf-8")
     assert [p.split()[1] for p in glue_problems(path)] == ["0", "1"]

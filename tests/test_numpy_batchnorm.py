@@ -1,4 +1,5 @@
 """bnlib.numpy against torch.nn.functional (float64), finite differences, and itself."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnlib.numpy import (BatchNorm, batch_norm_backward, batch_norm_backward_staged,
-                         batch_norm_forward, numerical_gradient, relative_error)
+from bnlib.numpy import (
+    BatchNorm,
+    batch_norm_backward,
+    batch_norm_backward_staged,
+    batch_norm_forward,
+    numerical_gradient,
+    relative_error,
+)
 
 SHAPES = [(7, 3), (4, 3, 5), (3, 2, 4, 5), (2, 3, 2, 3, 4)]
 
@@ -53,17 +60,37 @@ def test_backward_equals_finite_differences(shape):
     gamma, beta, dy = rng.normal(size=shape[1]), rng.normal(size=shape[1]), rng.normal(size=shape)
     _, cache = batch_norm_forward(x, gamma, beta)
     dx, dgamma, dbeta = batch_norm_backward(dy, cache)
-    assert relative_error(dx, numerical_gradient(
-        lambda v: batch_norm_forward(v, gamma, beta)[0], x, dy)) < 1e-8
-    assert relative_error(dgamma, numerical_gradient(
-        lambda g: batch_norm_forward(x, g, beta)[0], gamma.copy(), dy)) < 1e-8
-    assert relative_error(dbeta, numerical_gradient(
-        lambda b: batch_norm_forward(x, gamma, b)[0], beta.copy(), dy)) < 1e-8
+    assert (
+        relative_error(
+            dx, numerical_gradient(lambda v: batch_norm_forward(v, gamma, beta)[0], x, dy)
+        )
+        < 1e-8
+    )
+    assert (
+        relative_error(
+            dgamma,
+            numerical_gradient(lambda g: batch_norm_forward(x, g, beta)[0], gamma.copy(), dy),
+        )
+        < 1e-8
+    )
+    assert (
+        relative_error(
+            dbeta,
+            numerical_gradient(lambda b: batch_norm_forward(x, gamma, b)[0], beta.copy(), dy),
+        )
+        < 1e-8
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 6), c=st.integers(1, 4), spatial=st.lists(st.integers(1, 3), max_size=2),
-       seed=st.integers(0, 2**32 - 1), loc=st.floats(-100, 100), scale=st.floats(1e-2, 1e2))
+@given(
+    n=st.integers(2, 6),
+    c=st.integers(1, 4),
+    spatial=st.lists(st.integers(1, 3), max_size=2),
+    seed=st.integers(0, 2**32 - 1),
+    loc=st.floats(-100, 100),
+    scale=st.floats(1e-2, 1e2),
+)
 def test_staged_equals_compact_backward(n, c, spatial, seed, loc, scale):
     rng = np.random.default_rng(seed)
     shape = (n, c, *spatial)
@@ -104,22 +131,34 @@ def test_teaching_forward_float32_as_accurate_as_the_fast_path_and_torch(offset,
     so it is within a few roundings of the fast path (before: 0.024 at 1e4, 4096 x 64) and
     no worse than torch's float32 kernel."""
     from bnlib.numpy import batch_norm_forward_fast
+
     rng = np.random.default_rng(6)
     x = (offset + rng.normal(size=shape)).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)
     gamma = (1 + 0.1 * rng.normal(size=shape[1])).astype(np.float32)
     beta = (0.1 * rng.normal(size=shape[1])).astype(np.float32)
-    y64, c64 = batch_norm_forward(x.astype(np.float64), gamma.astype(np.float64),
-                                  beta.astype(np.float64))
+    y64, c64 = batch_norm_forward(
+        x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64)
+    )
     y, cache = batch_norm_forward(x, gamma, beta)
     y_fast, _ = batch_norm_forward_fast(x, gamma, beta)
-    y_torch = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(gamma),
-                           torch.from_numpy(beta), training=True).numpy()
-    err = {name: np.abs(v - y64).max() for name, v in
-           (("teaching", y), ("fast", y_fast), ("torch", y_torch))}
+    y_torch = F.batch_norm(
+        torch.from_numpy(x),
+        None,
+        None,
+        torch.from_numpy(gamma),
+        torch.from_numpy(beta),
+        training=True,
+    ).numpy()
+    err = {
+        name: np.abs(v - y64).max()
+        for name, v in (("teaching", y), ("fast", y_fast), ("torch", y_torch))
+    }
     assert err["teaching"] <= max(4 * min(err["fast"], err["torch"]), 1e-6), err
-    grads, grads64 = batch_norm_backward(dy, cache), batch_norm_backward(dy.astype(np.float64),
-                                                                          c64)
+    grads, grads64 = (
+        batch_norm_backward(dy, cache),
+        batch_norm_backward(dy.astype(np.float64), c64),
+    )
     for g, g64 in zip(grads, grads64):
         assert g.dtype == np.float32
         rel = np.abs(g - g64).max() / np.abs(g64).max()
@@ -164,14 +203,17 @@ def test_layer_equals_torch_module_over_training_then_eval(momentum, affine, sha
     assert ours.num_batches_tracked == int(ref.num_batches_tracked) == 5
     ours.eval(), ref.eval()
     x = rng.normal(size=(1,) + shape[1:])  # batch of one is fine in evaluation
-    np.testing.assert_allclose(ours(x), ref(torch.tensor(x)).detach().numpy(), rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        ours(x), ref(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_layer_without_running_stats_uses_batch_stats_in_eval():
     rng = np.random.default_rng(7)
-    ours, ref = BatchNorm(2, track_running_stats=False), torch.nn.BatchNorm1d(
-        2, track_running_stats=False).double()
+    ours, ref = (
+        BatchNorm(2, track_running_stats=False),
+        torch.nn.BatchNorm1d(2, track_running_stats=False).double(),
+    )
     assert ours.running_mean is None and ours.num_batches_tracked is None
     ours.eval(), ref.eval()
     x = rng.normal(size=(5, 2))

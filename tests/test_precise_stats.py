@@ -1,5 +1,6 @@
 """recompute_bn_stats against torch.optim.swa_utils.update_bn and against pooled statistics
 computed directly from the activations each layer sees."""
+
 import copy
 
 import pytest
@@ -17,8 +18,13 @@ def make_model(bn1d=nn.BatchNorm1d, bn2d=nn.BatchNorm2d, seed=0):
     """Conv -> BN2d -> ReLU -> Flatten -> Linear -> BN1d, float64, with non-trivial affine."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), bn2d(3, momentum=0.3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(3 * 4 * 4, 5), bn1d(5)).double()
+        nn.Conv2d(2, 3, 3, padding=1),
+        bn2d(3, momentum=0.3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 5),
+        bn1d(5),
+    ).double()
     with torch.no_grad():
         for m in model:
             if isinstance(m, (bn1d, bn2d)):
@@ -56,8 +62,10 @@ def test_batch_average_equals_update_bn(bnlib_layers):
 def captured_inputs(model, batches):
     """The input of every BN layer for every batch, in training mode, by forward hooks."""
     seen = {bn: [] for bn in bn_layers(model)}
-    hooks = [bn.register_forward_pre_hook(lambda m, args: seen[m].append(args[0].detach()))
-             for bn in seen]
+    hooks = [
+        bn.register_forward_pre_hook(lambda m, args: seen[m].append(args[0].detach()))
+        for bn in seen
+    ]
     model.train()
     with torch.no_grad():
         for x in batches:

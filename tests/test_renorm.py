@@ -1,4 +1,5 @@
 """Batch Renormalization (Ioffe, 2017): its defining properties, checked against torch.nn."""
+
 import pytest
 import torch
 from torch import nn
@@ -9,8 +10,11 @@ from bnlib.torch.renorm import renorm_correction
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 F64 = torch.float64
-PAIRS = [(bt.BatchRenorm1d, nn.BatchNorm1d, (16, 3)), (bt.BatchRenorm1d, nn.BatchNorm1d, (4, 3, 5)),
-         (bt.BatchRenorm2d, nn.BatchNorm2d, (4, 3, 5, 6))]
+PAIRS = [
+    (bt.BatchRenorm1d, nn.BatchNorm1d, (16, 3)),
+    (bt.BatchRenorm1d, nn.BatchNorm1d, (4, 3, 5)),
+    (bt.BatchRenorm2d, nn.BatchNorm2d, (4, 3, 5, 6)),
+]
 
 
 def make_pair(cls, ref_cls, **kwargs):
@@ -56,8 +60,9 @@ def test_r_and_d_are_constants_in_backprop():
     x = (torch.randn(32, 3, generator=g, dtype=F64) * 2 + 3).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     mean, var = x.detach().mean(0), x.detach().var(0, unbiased=False)
-    r, d = renorm_correction(mean, torch.sqrt(var + ours.eps), ours.running_mean,
-                             ours.running_var, ours.eps, 2.0, 0.5)
+    r, d = renorm_correction(
+        mean, torch.sqrt(var + ours.eps), ours.running_mean, ours.running_var, ours.eps, 2.0, 0.5
+    )
     assert r[2] == 2.0 and d[2] == -0.5  # the clipping is exercised
     dy = torch.randn(32, 3, generator=g, dtype=F64)
     ours(x).backward(dy)
@@ -66,10 +71,16 @@ def test_r_and_d_are_constants_in_backprop():
     # The output is r * x_hat_BN + d, scaled and shifted.
     x_hat = (x.detach() - mean) / torch.sqrt(var + ours.eps)
     ours2, _ = make_pair(bt.BatchRenorm1d, nn.BatchNorm1d, r_max=2.0, d_max=0.5)
-    ours2.load_state_dict({**ours.state_dict(), "running_mean": torch.tensor([0.0, 3.0, 10.0]),
-                           "running_var": torch.tensor([4.0, 1.0, 0.01])})
-    torch.testing.assert_close(ours2(x.detach()), (x_hat * r + d) * ours.weight.detach()
-                               + ours.bias.detach(), **TOL)
+    ours2.load_state_dict(
+        {
+            **ours.state_dict(),
+            "running_mean": torch.tensor([0.0, 3.0, 10.0]),
+            "running_var": torch.tensor([4.0, 1.0, 0.01]),
+        }
+    )
+    torch.testing.assert_close(
+        ours2(x.detach()), (x_hat * r + d) * ours.weight.detach() + ours.bias.detach(), **TOL
+    )
 
 
 def test_running_statistics_update_as_batch_norm_and_momentum_none():

@@ -1,5 +1,6 @@
 """bnlib.roofline: batch normalization's counts, the roofline, chapter 9's grader; and
 bnlib.plotting.plot_roofline."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,8 +10,13 @@ import pytest  # noqa: E402
 
 from bnlib.numpy import batch_norm_forward, batch_norm_forward_fast  # noqa: E402
 from bnlib.plotting import plot_roofline  # noqa: E402
-from bnlib.roofline import (FLOPS_PER_VALUE, TRAFFIC_PER_VALUE, attainable,  # noqa: E402
-                            check_lean_forward, intensity)
+from bnlib.roofline import (
+    FLOPS_PER_VALUE,
+    TRAFFIC_PER_VALUE,
+    attainable,  # noqa: E402
+    check_lean_forward,
+    intensity,
+)
 
 
 def test_counts_follow_the_two_pass_algorithm():
@@ -32,9 +38,14 @@ def test_channel_blocked_traffic_reads_each_tensor_once():
         assert intensity(p, scheme="channel-blocked") > intensity(p)
 
 
-@pytest.mark.parametrize("bad", [dict(pass_name="backward"),
-                                 dict(pass_name="forward", itemsize=0),
-                                 dict(pass_name="forward", scheme="one-pass")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(pass_name="backward"),
+        dict(pass_name="forward", itemsize=0),
+        dict(pass_name="forward", scheme="one-pass"),
+    ],
+)
 def test_intensity_refuses_bad_input(bad):
     with pytest.raises(ValueError):
         intensity(**bad)
@@ -56,7 +67,7 @@ def chunked_forward(x, gamma, beta, eps, out):
     chunk = max(1, n // 16)
     m_total, mean, m2 = 0, np.zeros(c), np.zeros(c)
     for start in range(0, n, chunk):
-        part = x[start:start + chunk]
+        part = x[start : start + chunk]
         m = part.size // c
         mu = part.mean(axis=axes, dtype=np.float64)
         d = part - mu.astype(x.dtype).reshape(per)
@@ -75,12 +86,15 @@ def into(fn):
     def run(x, gamma, beta, eps, out):
         out[...] = fn(x, gamma, beta, eps)
         return out
+
     return run
 
 
 def test_grader_passes_lean_implementations():
-    for fn in (chunked_forward,
-               lambda x, g, b, e, out: batch_norm_forward_fast(x, g, b, e, out=out)[0]):
+    for fn in (
+        chunked_forward,
+        lambda x, g, b, e, out: batch_norm_forward_fast(x, g, b, e, out=out)[0],
+    ):
         result = check_lean_forward(fn)
         assert result.passed, result.evidence
         assert result.value < 0.5
@@ -99,14 +113,19 @@ def unbiased(x, g, b, e):
     x64 = x.astype(np.float64)
     var = x64.var(axis=axes, ddof=1).reshape(per)
     return g.reshape(per) * (x64 - x64.mean(axis=axes).reshape(per)) / np.sqrt(
-        var + e) + b.reshape(per)
+        var + e
+    ) + b.reshape(per)
 
 
-@pytest.mark.parametrize("wrong", [
-    into(unbiased),  # divides by m - 1
-    lambda x, g, b, e, out: chunked_forward(x, b, g, e, out),  # gamma and beta swapped
-    lambda x, g, b, e, out: chunked_forward(x, g, b, 1e-2, out),  # its own eps
-], ids=["unbiased-variance", "gamma-beta-swapped", "wrong-eps"])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        into(unbiased),  # divides by m - 1
+        lambda x, g, b, e, out: chunked_forward(x, b, g, e, out),  # gamma and beta swapped
+        lambda x, g, b, e, out: chunked_forward(x, g, b, 1e-2, out),  # its own eps
+    ],
+    ids=["unbiased-variance", "gamma-beta-swapped", "wrong-eps"],
+)
 def test_grader_fails_wrong_values(wrong):
     result = check_lean_forward(wrong)
     assert not result.passed
@@ -118,6 +137,7 @@ def test_grader_fails_wrong_values_even_when_lean():
         chunked_forward(x, g, b, e, out)
         out += np.float32(1e-3)
         return out
+
     result = check_lean_forward(shifted)
     assert not result.passed and "|yours - torch|" in result.evidence
 
@@ -130,11 +150,13 @@ def test_grader_fails_a_new_array_a_changed_input_and_an_exception():
         chunked_forward(x, g, b, e, out)
         x[0] = 0
         return out
+
     changed = check_lean_forward(in_place)
     assert not changed.passed and "changed the input" in changed.evidence
 
     def broken(x, g, b, e, out):
         raise RuntimeError("not yet")
+
     raised = check_lean_forward(broken)
     assert not raised.passed and "RuntimeError: not yet" in raised.evidence
 
@@ -144,16 +166,25 @@ def test_grader_fails_a_function_that_hands_the_work_to_torch():
     import torch.nn.functional as F
 
     def via_torch(x, g, b, e, out):  # torch's temporaries are invisible to tracemalloc
-        out[...] = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(g),
-                                torch.from_numpy(b), training=True, eps=e).numpy()
+        out[...] = F.batch_norm(
+            torch.from_numpy(x),
+            None,
+            None,
+            torch.from_numpy(g),
+            torch.from_numpy(b),
+            training=True,
+            eps=e,
+        ).numpy()
         return out
 
     from_numpy = torch.from_numpy  # bound before the call: the dispatch mode still refuses
 
     def via_bound_name(x, g, b, e, out):
         t = from_numpy(x)
-        out[...] = ((t - t.mean((0, 2, 3), keepdim=True)) /
-                    (t.var((0, 2, 3), unbiased=False, keepdim=True) + e).sqrt()).numpy()
+        out[...] = (
+            (t - t.mean((0, 2, 3), keepdim=True))
+            / (t.var((0, 2, 3), unbiased=False, keepdim=True) + e).sqrt()
+        ).numpy()
         return out
 
     for fn in (via_torch, via_bound_name):
@@ -165,9 +196,11 @@ def test_grader_fails_a_function_that_hands_the_work_to_torch():
 
 def test_plot_roofline_keeps_every_point_and_the_ridge_in_view():
     fig, ax = plt.subplots()
-    points = [dict(intensity=0.125, rate=0.2e9, label="a"),
-              dict(intensity=0.5, rate=3e9, label="b", filled=False),
-              dict(intensity=100.0, rate=80e9, label="c")]
+    points = [
+        dict(intensity=0.125, rate=0.2e9, label="a"),
+        dict(intensity=0.5, rate=3e9, label="b", filled=False),
+        dict(intensity=100.0, rate=80e9, label="c"),
+    ]
     roof = plot_roofline(ax, bandwidth=10e9, peak=100e9, points=points)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     for p in points:

@@ -1,5 +1,6 @@
 """SyncBatchNorm on CPU: two gloo processes on loopback, each with a share of the batch, must
 equal torch.nn.BatchNorm on the whole batch (float64, 1e-10)."""
+
 import pytest
 import torch
 from torch import nn
@@ -46,9 +47,14 @@ def run_bn(bn, shape, rows):
         x = x[rows].clone().requires_grad_()
         y = bn(x)
         y.backward(dy[rows])
-        record.append({"y": y.detach(), "dx": x.grad,
-                       "grads": {n: p.grad.clone() for n, p in bn.named_parameters()},
-                       "buffers": {n: b.clone() for n, b in bn.named_buffers()}})
+        record.append(
+            {
+                "y": y.detach(),
+                "dx": x.grad,
+                "grads": {n: p.grad.clone() for n, p in bn.named_parameters()},
+                "buffers": {n: b.clone() for n, b in bn.named_buffers()},
+            }
+        )
         bn.zero_grad()
     record.append({"eval": bn.eval()(data(shape, STEPS)[0][rows]).detach()})
     return record
@@ -56,8 +62,9 @@ def run_bn(bn, shape, rows):
 
 def mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2),
-                         bt.BatchNorm1d(2)).double()
+    return nn.Sequential(
+        nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2), bt.BatchNorm1d(2)
+    ).double()
 
 
 def run_model(model, rows):
@@ -70,14 +77,16 @@ def worker(rank, world_size):
     results = {}
     for i, (shape, split, kwargs) in enumerate(CASES):
         start = sum(split[:rank])
-        results[i] = run_bn(make_bn(SyncBatchNorm, kwargs), shape,
-                            slice(start, start + split[rank]))
+        results[i] = run_bn(
+            make_bn(SyncBatchNorm, kwargs), shape, slice(start, start + split[rank])
+        )
     model = SyncBatchNorm.convert_sync_batchnorm(mlp())
     results["model"] = run_model(model, slice(5 * rank, 5 * rank + 5))
     torch.manual_seed(0)
     x, y = torch.randn(40, 4, dtype=F64), torch.arange(40) % 2
-    results["trained"] = train_data_parallel(SyncBatchNorm.convert_sync_batchnorm(mlp()), x, y,
-                                             per_process_batch=3, steps=3, lr=0.5).state_dict()
+    results["trained"] = train_data_parallel(
+        SyncBatchNorm.convert_sync_batchnorm(mlp()), x, y, per_process_batch=3, steps=3, lr=0.5
+    ).state_dict()
     try:  # torch's own SyncBatchNorm refuses CPU tensors once a group exists
         nn.SyncBatchNorm(C)(torch.randn(4, C))
         results["torch_cpu_error"] = None
@@ -94,15 +103,17 @@ def two_ranks():
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_two_processes_equal_batch_norm_on_the_whole_batch(two_ranks, case):
     shape, split, kwargs = CASES[case]
-    ref = run_bn(make_bn(nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d, kwargs),
-                 shape, slice(None))
+    ref = run_bn(
+        make_bn(nn.BatchNorm1d if len(shape) < 4 else nn.BatchNorm2d, kwargs), shape, slice(None)
+    )
     for step in range(STEPS):
         ranks = [r[case][step] for r in two_ranks]
         torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), ref[step]["y"], **TOL)
         torch.testing.assert_close(torch.cat([r["dx"] for r in ranks]), ref[step]["dx"], **TOL)
         for name, grad in ref[step]["grads"].items():  # local sums add up to the global ones
-            torch.testing.assert_close(ranks[0]["grads"][name] + ranks[1]["grads"][name],
-                                       grad, **TOL)
+            torch.testing.assert_close(
+                ranks[0]["grads"][name] + ranks[1]["grads"][name], grad, **TOL
+            )
         for name, buf in ref[step]["buffers"].items():  # identical on both ranks
             for r in ranks:
                 torch.testing.assert_close(r["buffers"][name], buf, **TOL)
@@ -110,8 +121,10 @@ def test_two_processes_equal_batch_norm_on_the_whole_batch(two_ranks, case):
     if kwargs.get("track_running_stats", True):
         torch.testing.assert_close(eval_out, ref[STEPS]["eval"], **TOL)
     else:  # no buffers: eval uses batch statistics, and like torch does not synchronize
-        local = [run_bn(make_bn(nn.BatchNorm1d, kwargs), shape, rows)[STEPS]["eval"]
-                 for rows in (slice(0, split[0]), slice(split[0], None))]
+        local = [
+            run_bn(make_bn(nn.BatchNorm1d, kwargs), shape, rows)[STEPS]["eval"]
+            for rows in (slice(0, split[0]), slice(split[0], None))
+        ]
         torch.testing.assert_close(eval_out, torch.cat(local), **TOL)
 
 
@@ -175,7 +188,7 @@ def test_merge_moments_is_exact_and_stable():
     both = torch.cat([a, b])
     torch.testing.assert_close(mean, both.mean(0), rtol=1e-15, atol=0)
     torch.testing.assert_close(s, m2(both), rtol=1e-6, atol=0)
-    naive = (both.square().sum(0) - 11 * both.mean(0).square())
+    naive = both.square().sum(0) - 11 * both.mean(0).square()
     assert ((naive - m2(both)).abs() > 1.0).any()  # the naive one-pass formula fails here
 
 

@@ -1,4 +1,5 @@
 """bnlib.torch against torch.nn (2.13): modules, functional form, autograd Function."""
+
 import io
 
 import numpy as np
@@ -12,8 +13,11 @@ import bnlib.torch as bt
 from _reference import assert_steps_match
 from bnlib.numpy import batch_norm_backward, batch_norm_forward
 
-PAIRS = {1: (bt.BatchNorm1d, torch.nn.BatchNorm1d), 2: (bt.BatchNorm2d, torch.nn.BatchNorm2d),
-         3: (bt.BatchNorm3d, torch.nn.BatchNorm3d)}
+PAIRS = {
+    1: (bt.BatchNorm1d, torch.nn.BatchNorm1d),
+    2: (bt.BatchNorm2d, torch.nn.BatchNorm2d),
+    3: (bt.BatchNorm3d, torch.nn.BatchNorm3d),
+}
 INPUT_SHAPES = {1: [(8, 3), (4, 3, 6)], 2: [(4, 3, 5, 6)], 3: [(2, 3, 3, 4, 5)]}
 CASES = [(d, s) for d, shapes in INPUT_SHAPES.items() for s in shapes]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -63,9 +67,14 @@ def test_modules_equal_torch(dim, shape, momentum, affine, track, dtype):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(2, 5), c=st.integers(1, 4), length=st.integers(1, 4),
-       momentum=st.one_of(st.none(), st.floats(0.0, 1.0)), eps=st.floats(1e-8, 1e-1),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(2, 5),
+    c=st.integers(1, 4),
+    length=st.integers(1, 4),
+    momentum=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    eps=st.floats(1e-8, 1e-1),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_random_configurations_equal_torch(n, c, length, momentum, eps, seed):
     torch.manual_seed(seed)
     ours = bt.BatchNorm1d(c, eps=eps, momentum=momentum, dtype=torch.float64)
@@ -88,8 +97,11 @@ def test_affine_without_bias_keyword_equals_torch():
 def test_state_dict_keys_and_round_trip_with_torch():
     ref = torch.nn.BatchNorm2d(3, dtype=torch.float64)
     ours = bt.BatchNorm2d(3, dtype=torch.float64)
-    assert list(ours.state_dict()) == list(ref.state_dict()) == [
-        "weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert (
+        list(ours.state_dict())
+        == list(ref.state_dict())
+        == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    )
     for _ in range(3):
         ref(torch.randn(4, 3, 2, 2, dtype=torch.float64) + 5)
     buffer = io.BytesIO()
@@ -119,8 +131,11 @@ def test_buffers_move_with_to_and_repr_matches_torch():
     assert ours.running_mean.dtype == ours.weight.dtype == torch.float64
     assert ours.num_batches_tracked.dtype == torch.long
     assert repr(ours) == repr(torch.nn.BatchNorm1d(3, momentum=None))
-    assert [n for n, _ in ours.named_buffers()] == ["running_mean", "running_var",
-                                                    "num_batches_tracked"]
+    assert [n for n, _ in ours.named_buffers()] == [
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+    ]
 
 
 def test_running_stats_never_carry_autograd_history():
@@ -135,8 +150,10 @@ def test_running_stats_never_carry_autograd_history():
 def test_functional_equals_torch_functional(momentum):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 4, 3, generator=g, dtype=torch.float64)
-    w, b = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g,
-                                                                       dtype=torch.float64)
+    w, b = (
+        torch.randn(4, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    )
     rm_a, rv_a = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     rm_b, rv_b = rm_a.clone(), rv_a.clone()
     for training in (True, False):
@@ -146,8 +163,9 @@ def test_functional_equals_torch_functional(momentum):
         torch.testing.assert_close(rm_a, rm_b, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(rv_a, rv_b, rtol=1e-12, atol=1e-14)
     ya = bt.batch_norm(x, None, None, training=True)
-    torch.testing.assert_close(ya, F.batch_norm(x, None, None, training=True), rtol=1e-12,
-                               atol=1e-12)
+    torch.testing.assert_close(
+        ya, F.batch_norm(x, None, None, training=True), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 5), (3, 3, 2, 4)])
@@ -169,7 +187,8 @@ def test_module_double_backward_matches_torch():
     # bnlib.torch is built from differentiable ops, so second derivatives work as in torch.
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(
-        lambda v: bt.batch_norm(v, None, None, training=True), (x,))
+        lambda v: bt.batch_norm(v, None, None, training=True), (x,)
+    )
 
 
 def test_numpy_and_torch_agree():

@@ -2,6 +2,7 @@
 buffers, dtypes, memory formats and errors on the inputs torch accepts; at least torch's
 float32 accuracy against a float64 computation of the same math; torch's own CPU bug on
 channels_last-looking strides (issue 10, item 7); and the package's import boundary."""
+
 import copy
 import pickle
 import subprocess
@@ -22,14 +23,18 @@ EXACT = dict(rtol=1e-10, atol=1e-12)  # float64: the same math, different summat
 
 
 def test_bnlib_torch_never_imports_bnlib_experiments():
-    code = ("import sys, bnlib.torch, bnlib.torch.sync, bnlib.torch.precise\n"
-            "print([m for m in sys.modules if m.startswith('bnlib.experiments')])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys, bnlib.torch, bnlib.torch.sync, bnlib.torch.precise\n"
+        "print([m for m in sys.modules if m.startswith('bnlib.experiments')])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]", out
 
 
 # ---------------------------------------------------------------- differential vs torch.nn
+
 
 def _random_input(g, ndim, dtype=F64):
     sizes = [int(torch.randint(1, 4, (1,), generator=g)) for _ in range(ndim)]
@@ -38,7 +43,8 @@ def _random_input(g, ndim, dtype=F64):
     x = x.permute(*[perm.index(i) for i in range(ndim)])  # any dense layout
     if torch.rand(1, generator=g) < 0.3:  # a non-dense view
         x = torch.randn([2 * s for s in x.shape], generator=g, dtype=dtype)[
-            tuple(slice(None, None, 2) for _ in range(ndim))]
+            tuple(slice(None, None, 2) for _ in range(ndim))
+        ]
     return x
 
 
@@ -84,13 +90,20 @@ def test_functional_equals_torch_on_random_layouts(seed):
     assert checked > 100
 
 
-@pytest.mark.parametrize("cls,shape", [(bt.BatchNorm1d, (5, 3)), (bt.BatchNorm1d, (4, 3, 2)),
-                                       (bt.BatchNorm2d, (2, 3, 2, 2)),
-                                       (bt.BatchNorm3d, (2, 3, 1, 2, 2))])
+@pytest.mark.parametrize(
+    "cls,shape",
+    [
+        (bt.BatchNorm1d, (5, 3)),
+        (bt.BatchNorm1d, (4, 3, 2)),
+        (bt.BatchNorm2d, (2, 3, 2, 2)),
+        (bt.BatchNorm3d, (2, 3, 1, 2, 2)),
+    ],
+)
 @pytest.mark.parametrize("momentum", [None, 0.0, 1.0, 0.3])
 @pytest.mark.parametrize("affine,track", [(True, True), (False, True), (True, False)])
-def test_module_sequence_state_dict_deepcopy_pickle_equal_torch(cls, shape, momentum, affine,
-                                                                track):
+def test_module_sequence_state_dict_deepcopy_pickle_equal_torch(
+    cls, shape, momentum, affine, track
+):
     kwargs = dict(momentum=momentum, affine=affine, track_running_stats=track, dtype=F64)
     ours, ref = cls(3, **kwargs), getattr(nn, cls.__name__)(3, **kwargs)
     g = torch.Generator().manual_seed(0)
@@ -158,12 +171,16 @@ def test_half_input_to_float32_module_keeps_accurate_float32_statistics(x_dtype)
     exact = nn.BatchNorm1d(8, momentum=1.0, dtype=F64)
     exact(x.to(F64))
     errors = {}
-    for name, bn in (("ours", bt.BatchNorm1d(8, momentum=1.0)),
-                     ("torch", nn.BatchNorm1d(8, momentum=1.0))):
+    for name, bn in (
+        ("ours", bt.BatchNorm1d(8, momentum=1.0)),
+        ("torch", nn.BatchNorm1d(8, momentum=1.0)),
+    ):
         y = bn(x)
         assert y.dtype == x_dtype and bn.running_var.dtype == torch.float32
-        errors[name] = max(float((bn.running_mean - exact.running_mean).abs().max()),
-                           float((bn.running_var - exact.running_var).abs().max()))
+        errors[name] = max(
+            float((bn.running_mean - exact.running_mean).abs().max()),
+            float((bn.running_var - exact.running_var).abs().max()),
+        )
     assert errors["ours"] <= max(2 * errors["torch"], 1e-6), errors
 
 
@@ -182,8 +199,10 @@ def test_integer_input_raises_torchs_exception_family(dtype):
 def test_functional_with_one_running_buffer_raises_as_torch(training, which):
     x = torch.randn(4, 3)
     buffers = {"running_mean": torch.zeros(3), "running_var": torch.ones(3)}
-    args = [buffers["running_mean"] if which == "running_mean" else None,
-            buffers["running_var"] if which == "running_var" else None]
+    args = [
+        buffers["running_mean"] if which == "running_mean" else None,
+        buffers["running_var"] if which == "running_var" else None,
+    ]
     with pytest.raises((ValueError, RuntimeError)) as torch_error:
         F.batch_norm(x, *args, training=training)
     with pytest.raises(type(torch_error.value), match="running_mean and running_var"):
@@ -209,10 +228,12 @@ def test_eps_as_torch(eps, training):
 
 
 def test_errors_are_caught_by_torch_style_except_clauses():
-    cases = [lambda m: m.BatchNorm2d(3)(torch.randn(2, 3, 4)),       # wrong rank
-             lambda m: m.BatchNorm2d(3)(torch.randn(2, 4, 5, 5)),    # wrong channels
-             lambda m: m.BatchNorm1d(3)(torch.randn(1, 3)),          # one value per channel
-             lambda m: m.BatchNorm1d(3, eps=0.0)(torch.randn(4, 3))]
+    cases = [
+        lambda m: m.BatchNorm2d(3)(torch.randn(2, 3, 4)),  # wrong rank
+        lambda m: m.BatchNorm2d(3)(torch.randn(2, 4, 5, 5)),  # wrong channels
+        lambda m: m.BatchNorm1d(3)(torch.randn(1, 3)),  # one value per channel
+        lambda m: m.BatchNorm1d(3, eps=0.0)(torch.randn(4, 3)),
+    ]
     for case in cases:
         with pytest.raises((ValueError, RuntimeError)) as ref:
             case(nn)
@@ -222,6 +243,7 @@ def test_errors_are_caught_by_torch_style_except_clauses():
 
 
 # ------------------------------------------------------------------------ double backward
+
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("affine", [True, False])
@@ -234,8 +256,17 @@ def test_gradgradcheck(training, affine, shape):
     rm, rv = torch.rand(3, dtype=F64), 1 + torch.rand(3, dtype=F64)
 
     def fn(x, w, b):
-        return bt.batch_norm(x, rm.clone(), rv.clone(), w if affine else None,
-                             b if affine else None, training, 0.1, 1e-5)
+        return bt.batch_norm(
+            x,
+            rm.clone(),
+            rv.clone(),
+            w if affine else None,
+            b if affine else None,
+            training,
+            0.1,
+            1e-5,
+        )
+
     inputs = (x, w, b)
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
@@ -301,16 +332,18 @@ def test_float32_accuracy_at_least_torchs(shape, offset, training, api):
             xx = x.detach().requires_grad_()
             y = bn(xx)
             y.backward(dy)
-            got = [t.detach().to(F64) for t in (xx.grad, bn.weight.grad, bn.bias.grad,
-                                                bn.running_mean, bn.running_var)]
+            got = [
+                t.detach().to(F64)
+                for t in (xx.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var)
+            ]
         else:
             fn = bt.batch_norm if lib is bt else F.batch_norm
             y = fn(x, rm.float(), rv.float(), w, b, training)
             got = _run(fn, x, rm.float(), rv.float(), w, b, training, dy)
         errors[name] = [_relative(y.detach().to(F64), ref_y)] + [
-            _relative(v, r) for v, r in zip(got, ref)]
-    names = ["output", "grad_input", "grad_weight", "grad_bias", "running_mean",
-             "running_var"]
+            _relative(v, r) for v, r in zip(got, ref)
+        ]
+    names = ["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var"]
     for i, name in enumerate(names):
         ours, theirs = errors["ours"][i], errors["torch"][i]
         assert ours <= max(FACTOR * theirs, FLOOR), (name, ours, theirs)
@@ -326,11 +359,13 @@ def test_eval_weight_gradient_keeps_precision_at_large_mean_over_std():
     w = torch.ones(8, requires_grad=True)
     BatchNormEvalFunction.apply(x, rm.float(), rv.float(), w, None, 1e-5).backward(dy)
     exact = (dy.to(F64) * (x.to(F64) - rm.float().to(F64))).sum(0) / torch.sqrt(
-        rv.float().to(F64) + 1e-5)
+        rv.float().to(F64) + 1e-5
+    )
     assert _relative(w.grad.to(F64), exact) < 1e-5
 
 
 # ------------------------------------------------------------- torch's own bug (item 7)
+
 
 def test_torch_channels_last_grad_bug():
     """torch 2.13 on the CPU: an input whose size-1 dims make its strides look channels_last,

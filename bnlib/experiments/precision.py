@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import torch
 from torch import nn
 
 from .data import Split

@@ -5,6 +5,7 @@ The built HTML (``_build/html``, or the folder named by ``BNBOOK_HTML``) is serv
 Playwright. Every request that leaves 127.0.0.1 is blocked, so the check proves that the book
 renders offline. Without chromium the check skips, except in CI (``CI=true``), where it fails.
 """
+
 import contextlib
 import os
 import shutil
@@ -25,8 +26,14 @@ HTML_DIR = Path(os.environ.get("BNBOOK_HTML", ROOT / "_build" / "html")).resolve
 SCREENSHOT_DIR = Path(os.environ.get("BNBOOK_SCREENSHOTS", HTML_DIR.parent / "screenshots"))
 IN_CI = os.environ.get("CI", "") == "true"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 # Folders of the build that hold assets, not pages of the book.
 NOT_PAGES = {"_static", "_sources", "_images", "_downloads", "_panels_static"}
@@ -68,16 +75,20 @@ def _unavailable(message):
 def chromium_path():
     path = find_chromium()
     if path is None:
-        _unavailable("chromium not found: install it with `apt-get install -y chromium` "
-                     "(Debian) to run the browser check")
+        _unavailable(
+            "chromium not found: install it with `apt-get install -y chromium` "
+            "(Debian) to run the browser check"
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def html_dir():
     if not (HTML_DIR / "index.html").is_file():
-        _unavailable(f"no built book at {HTML_DIR}: build it first with scripts/book, "
-                     "or point BNBOOK_HTML at a built _build/html folder")
+        _unavailable(
+            f"no built book at {HTML_DIR}: build it first with scripts/book, "
+            "or point BNBOOK_HTML at a built _build/html folder"
+        )
     return HTML_DIR
 
 
@@ -92,9 +103,19 @@ def serve(directory):
     """Serve ``directory`` with ``python -m http.server`` on 127.0.0.1; yield its root URL."""
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 15
@@ -124,8 +145,9 @@ def browser(chromium_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path,
-                                             args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True
+        )
         yield browser
         browser.close()
 

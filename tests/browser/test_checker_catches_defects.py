@@ -8,6 +8,7 @@ and a figure without a number whose alt text says nothing) and loses its dark-mo
 stylesheet; the same ``page_problems`` and ``reader_layout`` that check every real page must
 report each defect, and must not report a 79-character code line, which fits.
 """
+
 import re
 
 import pytest
@@ -41,7 +42,7 @@ EXPECTED = {
     "console error": "console error: planted console error",
     "page error": "page error: plantedUndefinedFunction is not defined",
     "outside request": "request leaves the machine (the book must work offline): "
-                       "https://example.com",
+    "https://example.com",
     "malformed math": "MathJax error: Double exponent",
     "unrendered math": "math not rendered: 'x^2 without delimiters'",
     "dimmed figure": "dark mode: figure ",
@@ -59,7 +60,9 @@ FITS = "fits_79 = '" + "a" * 67 + "'"
 def chapter_with_math_and_figures(html_dir):
     for page in sorted((html_dir / "chapters").glob("*.html")):
         text = page.read_text(encoding="utf-8")
-        if 'class="math' in text and re.search(r'cell_output[^>]*>\s*(<figure[^>]*>\s*)?<img', text):
+        if 'class="math' in text and re.search(
+            r"cell_output[^>]*>\s*(<figure[^>]*>\s*)?<img", text
+        ):
             return page
     return None
 
@@ -88,8 +91,9 @@ def test_every_planted_defect_is_reported(browser, html_dir, tmp_path):
     assert defects in page, "the chapter page has no <article> to plant defects in"
     (site / "chapters" / "planted_defects.html").write_text(page, encoding="utf-8")
     context = browser.new_context(viewport=VIEWPORT, service_workers="block")
-    phone = browser.new_context(viewport=PHONE, service_workers="block", is_mobile=True,
-                                has_touch=True)
+    phone = browser.new_context(
+        viewport=PHONE, service_workers="block", is_mobile=True, has_touch=True
+    )
     try:
         with serve(site) as url:
             path = "chapters/planted_defects.html"

@@ -16,6 +16,7 @@ with a caption and an alt text that says what it shows, not a file name or a has
 (``figures``). Pages listed in ``NOT_YET_COMPLIANT`` for a check are strict xfails.
 Run with ``python -m pytest -q tests/browser``.
 """
+
 import html
 import re
 import urllib.error
@@ -44,8 +45,11 @@ def _repository():
     """(url, branch, path_to_book) of the one repository setting in _config.yml."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
     repo = config.get("repository") or {}
-    return (repo.get("url", "").rstrip("/"), repo.get("branch", "main"),
-            (repo.get("path_to_book") or "").strip("/"))
+    return (
+        repo.get("url", "").rstrip("/"),
+        repo.get("branch", "main"),
+        (repo.get("path_to_book") or "").strip("/"),
+    )
 
 
 class LinkChecker:
@@ -78,8 +82,11 @@ class LinkChecker:
             status, ids = self.fetch(target)
             if status >= 400:
                 found.append(f"broken link (HTTP {status}): {href}")
-            elif parts.fragment and urllib.parse.unquote(parts.fragment) not in ids \
-                    and target.endswith((".html", "/")):
+            elif (
+                parts.fragment
+                and urllib.parse.unquote(parts.fragment) not in ids
+                and target.endswith((".html", "/"))
+            ):
                 found.append(f"link to a missing anchor: {href}")
         return found
 
@@ -104,19 +111,32 @@ def open_page(context, base_url, path):
     problems = []
 
     def block_external(route):
-        problems.append(f"request leaves the machine (the book must work offline): "
-                        f"{route.request.url}")
+        problems.append(
+            f"request leaves the machine (the book must work offline): {route.request.url}"
+        )
         route.abort()
 
-    page.route(lambda url: not url.startswith(base_url) and not url.startswith("data:"),
-               block_external)
-    page.on("console", lambda msg: msg.type == "error" and problems.append(
-        f"console error: {msg.text} at {msg.location.get('url')}"))
+    page.route(
+        lambda url: not url.startswith(base_url) and not url.startswith("data:"), block_external
+    )
+    page.on(
+        "console",
+        lambda msg: (
+            msg.type == "error"
+            and problems.append(f"console error: {msg.text} at {msg.location.get('url')}")
+        ),
+    )
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on("requestfailed", lambda request: problems.append(
-        f"failed request: {request.url} ({request.failure})"))
-    page.on("response", lambda response: response.status >= 400 and problems.append(
-        f"HTTP {response.status}: {response.url}"))
+    page.on(
+        "requestfailed",
+        lambda request: problems.append(f"failed request: {request.url} ({request.failure})"),
+    )
+    page.on(
+        "response",
+        lambda response: (
+            response.status >= 400 and problems.append(f"HTTP {response.status}: {response.url}")
+        ),
+    )
     page.goto(base_url + path, wait_until="load")
     return page, problems
 
@@ -128,7 +148,8 @@ def wait_for_math(page):
         return []
     try:
         page.wait_for_function(
-            "() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+            "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
+        )
     except PlaywrightTimeoutError:
         return [f"MathJax did not start within {TIMEOUT_MS // 1000} s: no math can render"]
     page.evaluate("() => MathJax.startup.promise")
@@ -142,9 +163,11 @@ def wait_for_math(page):
     too_wide = page.evaluate("""() => [...document.querySelectorAll('mjx-container[display="true"]')]
         .filter(node => node.scrollWidth > node.clientWidth + 2)
         .map(node => node.textContent.trim().slice(0, 60))""")
-    return ([f"math not rendered: {text!r}" for text in unrendered]
-            + [f"MathJax error: {text}" for text in errors]
-            + [f"display math wider than the text column: {text!r}" for text in too_wide])
+    return (
+        [f"math not rendered: {text!r}" for text in unrendered]
+        + [f"MathJax error: {text}" for text in errors]
+        + [f"display math wider than the text column: {text!r}" for text in too_wide]
+    )
 
 
 def wait_for_images(page):
@@ -197,9 +220,11 @@ def dark_mode_problems(page):
             '.bd-content div.cell_output img, .bd-content figure img')]
         .map(img => { const s = getComputedStyle(img);
                       return [img.getAttribute('src'), s.backgroundColor, s.filter]; })""")
-    return [f"dark mode: figure {src} has background {background} and filter {filt}"
-            for src, background, filt in styles
-            if background != "rgb(255, 255, 255)" or filt != "none"]
+    return [
+        f"dark mode: figure {src} has background {background} and filter {filt}"
+        for src, background, filt in styles
+        if background != "rgb(255, 255, 255)" or filt != "none"
+    ]
 
 
 def screenshot_path(screenshot_dir, path, suffix):
@@ -222,7 +247,7 @@ def redirect_target(html_dir, path):
 
 def content_path(path):
     """The page a path shows, whichever edition: ``zh/chapters/x.html`` -> ``chapters/x.html``."""
-    return path[len(ZH):] if path.startswith(ZH) else path
+    return path[len(ZH) :] if path.startswith(ZH) else path
 
 
 def page_problems(context, base_url, html_dir, link_checker, path, screenshot_dir=None):
@@ -243,8 +268,13 @@ def page_problems(context, base_url, html_dir, link_checker, path, screenshot_di
             problems += edition_problems(page, path)
         if screenshot_dir and content_path(path) not in GENERATED:
             # JPEG: a tall page (the API reference is 70,000 px) encodes twice as fast.
-            page.screenshot(path=screenshot_path(screenshot_dir, path, ".jpg"), full_page=True,
-                            type="jpeg", quality=80, timeout=3 * TIMEOUT_MS)
+            page.screenshot(
+                path=screenshot_path(screenshot_dir, path, ".jpg"),
+                full_page=True,
+                type="jpeg",
+                quality=80,
+                timeout=3 * TIMEOUT_MS,
+            )
         if is_chapter:
             problems += dark_mode_problems(page)
             if screenshot_dir:  # the viewport around the first figure, in dark mode
@@ -289,18 +319,23 @@ def code_width_problems(page):
                      (pre.textContent.split('\\n').reduce(
                          (a, b) => (b.length > a.length ? b : a), '')).slice(0, 60)])""")
     width = page.viewport_size["width"]
-    return [f"{kind} block scrolls sideways at {width} px ({scroll} > {client} px), "
-            f"widest line {line!r}" for kind, scroll, client, line in wide]
+    return [
+        f"{kind} block scrolls sideways at {width} px ({scroll} > {client} px), "
+        f"widest line {line!r}"
+        for kind, scroll, client, line in wide
+    ]
 
 
 def phone_width_problems(page):
     """The page is wider than the viewport (a phone): name what sticks out."""
     width = page.viewport_size["width"]
-    scroll = page.evaluate("() => Math.max(document.documentElement.scrollWidth, "
-                           "document.body.scrollWidth)")
+    scroll = page.evaluate(
+        "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+    )
     if scroll <= width:
         return []
-    culprits = page.evaluate("""(width) => {
+    culprits = page.evaluate(
+        """(width) => {
         const fits = node => node.getBoundingClientRect().right <= width + 1;
         const clipped = node => {  // inside a box that fits and scrolls or clips its content,
             // or in a fixed, off-canvas panel (the phone layout's sidebars)
@@ -317,9 +352,13 @@ def phone_width_problems(page):
             .map(node => `<${node.tagName.toLowerCase()} class="${node.className}">` +
                          ` ${Math.round(node.getBoundingClientRect().right)} px: ` +
                          node.textContent.trim().slice(0, 40));
-    }""", width)
-    return [f"page overflows sideways at {width} px ({scroll} px wide); sticking out: "
-            + "; ".join(culprits)]
+    }""",
+        width,
+    )
+    return [
+        f"page overflows sideways at {width} px ({scroll} px wide); sticking out: "
+        + "; ".join(culprits)
+    ]
 
 
 # An alt text that is a file name or a hash (myst-nb's default is the image's hashed name).
@@ -339,8 +378,10 @@ def figure_problems(page):
     for src, alt, in_figure, caption, number in images:
         name = src.rsplit("/", 1)[-1][:24]
         if not in_figure or caption is None:
-            found.append(f"image {name}: not a captioned figure (give the cell myst-nb "
-                         "figure metadata: caption and name)")
+            found.append(
+                f"image {name}: not a captioned figure (give the cell myst-nb "
+                "figure metadata: caption and name)"
+            )
         elif not (number and re.fullmatch(r"Fig\. [\d.]+", number)):
             found.append(f"figure {name}: caption {caption[:40]!r} has no 'Fig. N' number")
         alt = (alt or "").strip()
@@ -394,8 +435,9 @@ def reader_pages(check, chapters_only=False):
 
 @pytest.fixture(scope="session")
 def phone_context(browser):
-    context = browser.new_context(viewport=PHONE, service_workers="block", is_mobile=True,
-                                  has_touch=True)
+    context = browser.new_context(
+        viewport=PHONE, service_workers="block", is_mobile=True, has_touch=True
+    )
     yield context
     context.close()
 
@@ -409,6 +451,7 @@ def layouts(context, phone_context, base_url):
         if path not in cache:
             cache[path] = reader_layout(context, phone_context, base_url, path)
         return cache[path]
+
     return layout
 
 
@@ -435,8 +478,9 @@ def test_offline_search(context, base_url, query, expect_results):
     page, problems = open_page(context, base_url, f"search.html?q={query}")
     try:
         page.wait_for_selector("#search-results .search-summary")
-        results = page.eval_on_selector_all("#search-results ul.search li a",
-                                            "links => links.map(a => a.href)")
+        results = page.eval_on_selector_all(
+            "#search-results ul.search li a", "links => links.map(a => a.href)"
+        )
     finally:
         page.close()
     assert not problems, "\n".join(problems)
@@ -456,8 +500,9 @@ def test_offline_search_in_the_chinese_edition(context, base_url, html_dir, quer
     page, problems = open_page(context, base_url, f"{ZH}search.html?q={query}")
     try:
         page.wait_for_selector("#search-results .search-summary")
-        results = page.eval_on_selector_all("#search-results ul.search li a",
-                                            "links => links.map(a => a.href)")
+        results = page.eval_on_selector_all(
+            "#search-results ul.search li a", "links => links.map(a => a.href)"
+        )
     finally:
         page.close()
     assert not problems, "\n".join(problems)
@@ -470,6 +515,9 @@ def test_every_bibliography_entry_links_out(html_dir):
     text = (html_dir / "bibliography.html").read_text(encoding="utf-8")
     entries = re.findall(r'<div class="citation"[^>]*>(.*?)</div>', text, re.S)
     assert len(entries) >= 10, f"only {len(entries)} bibliography entries found"
-    unlinked = [re.sub(r"<[^>]+>", "", entry).strip()[:70] for entry in entries
-                if not re.search(r'<a class="[^"]*reference external" href="https?://', entry)]
+    unlinked = [
+        re.sub(r"<[^>]+>", "", entry).strip()[:70]
+        for entry in entries
+        if not re.search(r'<a class="[^"]*reference external" href="https?://', entry)
+    ]
     assert not unlinked, f"{len(unlinked)} entries without a link:\n  " + "\n  ".join(unlinked)

@@ -14,6 +14,7 @@ memory-format; InstanceNorm and LayerNorm: no memory-format test).
 One addition, marked ``# bnlib:``: the bnlib run also compares its output with torch.nn's on
 the same input, so a wrong-but-self-consistent module cannot pass.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,6 +36,7 @@ ALL_FP = (F32, F64, torch.float16, torch.bfloat16)
 @dataclass
 class MI:
     """One ModuleInput: constructor args/kwargs, forward input shape, description."""
+
     args: tuple
     shape: tuple
     desc: str = ""
@@ -43,61 +45,79 @@ class MI:
 
 
 def _bn1d():
-    return [MI((10,), (4, 10), "affine"), MI((5,), (4, 5, 3), "3d_input"),
-            MI((10, 1e-3, None), (4, 10), "affine_simple_average"),
-            MI((10, 1e-3, 0.3, False), (4, 10), "not_affine"),
-            MI((10, 1e-3, 0.3, True, False), (4, 10), "not_tracking_stats"),
-            MI((5, 1e-3, 0.3, False), (4, 5, 3), "3d_input_not_affine"),
-            MI((5, 1e-3, 0.3, False), (0, 5, 9), "zero_batch"),
-            MI((10,), (4, 10), "affine_not_bias", {"bias": False})]
+    return [
+        MI((10,), (4, 10), "affine"),
+        MI((5,), (4, 5, 3), "3d_input"),
+        MI((10, 1e-3, None), (4, 10), "affine_simple_average"),
+        MI((10, 1e-3, 0.3, False), (4, 10), "not_affine"),
+        MI((10, 1e-3, 0.3, True, False), (4, 10), "not_tracking_stats"),
+        MI((5, 1e-3, 0.3, False), (4, 5, 3), "3d_input_not_affine"),
+        MI((5, 1e-3, 0.3, False), (0, 5, 9), "zero_batch"),
+        MI((10,), (4, 10), "affine_not_bias", {"bias": False}),
+    ]
 
 
 def _bnnd(spatial, momentum, tag):
     s = (2, 3) + spatial
-    return [MI((3,), s, ""), MI((3, 1e-3, None), s, f"{tag}_simple_average"),
-            MI((3, 1e-3, momentum), s, "momentum"),
-            MI((3, 1e-3, momentum, False), s, "not_affine"),
-            MI((3, 1e-3, momentum, True, False), s, "not_tracking_stats"),
-            MI((5, 1e-3, 0.3, False), (0, 5) + (2,) * len(spatial), "zero_batch"),
-            MI((3,), s, "affine_not_bias", {"bias": False})]
+    return [
+        MI((3,), s, ""),
+        MI((3, 1e-3, None), s, f"{tag}_simple_average"),
+        MI((3, 1e-3, momentum), s, "momentum"),
+        MI((3, 1e-3, momentum, False), s, "not_affine"),
+        MI((3, 1e-3, momentum, True, False), s, "not_tracking_stats"),
+        MI((5, 1e-3, 0.3, False), (0, 5) + (2,) * len(spatial), "zero_batch"),
+        MI((3,), s, "affine_not_bias", {"bias": False}),
+    ]
 
 
 def _group_norm():
-    return [MI((3, 6, 1e-3), (4, 6, 5), "1d_affine"),
-            MI((3, 6, 1e-3), (4, 6, 5), "1d_affine_not_bias", {"bias": False}),
-            MI((3, 12, 1e-3), (4, 12), "1d_affine_GN"),
-            MI((1, 6, 1e-3), (150, 6), "1d_affine_large_batch"),
-            MI((5, 5, 1e-3, False), (4, 5, 5), "1d_no_affine_IN"),
-            MI((1, 10, 1e-3, False), (4, 10), "1d_no_affine_LN"),
-            MI((3, 6, 1e-3), (4, 6, 2, 3), "2d_affine"),
-            MI((3, 9, 1e-3), (4, 9, 2, 3), "2d_affine_not_bias", {"bias": False}),
-            MI((3, 3, 1e-3, False), (4, 3, 2, 3), "2d_no_affine_IN"),
-            MI((1, 3, 1e-3, False), (4, 3, 2, 3), "2d_no_affine_LN")]
+    return [
+        MI((3, 6, 1e-3), (4, 6, 5), "1d_affine"),
+        MI((3, 6, 1e-3), (4, 6, 5), "1d_affine_not_bias", {"bias": False}),
+        MI((3, 12, 1e-3), (4, 12), "1d_affine_GN"),
+        MI((1, 6, 1e-3), (150, 6), "1d_affine_large_batch"),
+        MI((5, 5, 1e-3, False), (4, 5, 5), "1d_no_affine_IN"),
+        MI((1, 10, 1e-3, False), (4, 10), "1d_no_affine_LN"),
+        MI((3, 6, 1e-3), (4, 6, 2, 3), "2d_affine"),
+        MI((3, 9, 1e-3), (4, 9, 2, 3), "2d_affine_not_bias", {"bias": False}),
+        MI((3, 3, 1e-3, False), (4, 3, 2, 3), "2d_no_affine_IN"),
+        MI((1, 3, 1e-3, False), (4, 3, 2, 3), "2d_no_affine_LN"),
+    ]
 
 
 def _instance_norm(n):
     no_batch = {1: (3, 15), 2: (3, 6, 6), 3: (3, 4, 4, 4)}[n]
     batch = (4,) + no_batch
-    return [MI((3, 1e-3, 0.3), batch, ""),
-            MI((3, 1e-3, 0.3, False, True), batch, "tracking_stats"),
-            MI((3, 1e-3, 0.3), no_batch, "tracking_stats_no_batch_dim", reference="no_batch_dim"),
-            MI((3, 1e-3, 0.3, False, True), no_batch, "no_batch_dim", reference="no_batch_dim"),
-            MI((3, 1e-3, 0.3), batch, "affine", {"affine": True}),
-            MI((3, 1e-3, 0.3), batch, "affine_not_bias", {"affine": True, "bias": False})]
+    return [
+        MI((3, 1e-3, 0.3), batch, ""),
+        MI((3, 1e-3, 0.3, False, True), batch, "tracking_stats"),
+        MI((3, 1e-3, 0.3), no_batch, "tracking_stats_no_batch_dim", reference="no_batch_dim"),
+        MI((3, 1e-3, 0.3, False, True), no_batch, "no_batch_dim", reference="no_batch_dim"),
+        MI((3, 1e-3, 0.3), batch, "affine", {"affine": True}),
+        MI((3, 1e-3, 0.3), batch, "affine_not_bias", {"affine": True, "bias": False}),
+    ]
 
 
 def _layer_norm(reference=None):
-    out = [MI(([5], 1e-3), (4, 5, 5), "1d_elementwise_affine", reference=reference),
-           MI(([5], 1e-3), (128, 5, 5), "1d_elementwise_affine_large_batch",
-              reference=reference),
-           MI(([5], 1e-3, False), (4, 5, 5), "1d_no_elementwise_affine", reference=reference),
-           MI(([2, 2, 5], 1e-3), (4, 2, 2, 5), "3d_elementwise_affine", reference=reference),
-           MI(([2, 2, 5], 1e-3, False), (4, 2, 2, 5), "3d_no_elementwise_affine",
-              reference=reference),
-           MI(([5], 1e-3), (0, 5), "1d_empty_elementwise_affine", reference=reference)]
+    out = [
+        MI(([5], 1e-3), (4, 5, 5), "1d_elementwise_affine", reference=reference),
+        MI(([5], 1e-3), (128, 5, 5), "1d_elementwise_affine_large_batch", reference=reference),
+        MI(([5], 1e-3, False), (4, 5, 5), "1d_no_elementwise_affine", reference=reference),
+        MI(([2, 2, 5], 1e-3), (4, 2, 2, 5), "3d_elementwise_affine", reference=reference),
+        MI(
+            ([2, 2, 5], 1e-3, False), (4, 2, 2, 5), "3d_no_elementwise_affine", reference=reference
+        ),
+        MI(([5], 1e-3), (0, 5), "1d_empty_elementwise_affine", reference=reference),
+    ]
     if reference is None:  # LayerNorm only
-        out.append(MI(([2, 2, 5], 1e-3), (4, 2, 2, 5), "3d_elementwise_affine_no_bias",
-                      {"elementwise_affine": True, "bias": False}))
+        out.append(
+            MI(
+                ([2, 2, 5], 1e-3),
+                (4, 2, 2, 5),
+                "3d_elementwise_affine_no_bias",
+                {"elementwise_affine": True, "bias": False},
+            )
+        )
     return out
 
 
@@ -123,9 +143,15 @@ def _cases(dtypes=None):
         for dt in dts:
             if dtypes is not None and dt not in dtypes:
                 continue
-            for training in ((True, False) if differ else (True,)):
-                out.append(pytest.param(name, dt, training,
-                                        id=f"{name}-{str(dt)[6:]}-{'train' if training else 'eval'}"))
+            for training in (True, False) if differ else (True,):
+                out.append(
+                    pytest.param(
+                        name,
+                        dt,
+                        training,
+                        id=f"{name}-{str(dt)[6:]}-{'train' if training else 'eval'}",
+                    )
+                )
     return out
 
 
@@ -139,8 +165,10 @@ def _cls(impl, name):
 def _inputs(name, dtype, requires_grad=False, seed=0):
     """The module inputs with seeded ``make_tensor`` data (torch draws them unseeded)."""
     torch.manual_seed(seed)
-    return [(mi, make_tensor(mi.shape, device="cpu", dtype=dtype, requires_grad=requires_grad))
-            for mi in MODULES[name][0]]
+    return [
+        (mi, make_tensor(mi.shape, device="cpu", dtype=dtype, requires_grad=requires_grad))
+        for mi in MODULES[name][0]
+    ]
 
 
 def _build(impl, name, mi, dtype, training):
@@ -163,8 +191,12 @@ def _reference(mi, m, x):
     return None
 
 
-_DEFAULT = {F32: (1.3e-6, 1e-5), F64: (1e-7, 1e-7), torch.float16: (1e-3, 1e-5),
-            torch.bfloat16: (1.6e-2, 1e-5)}  # torch.testing's (rtol, atol) per dtype
+_DEFAULT = {
+    F32: (1.3e-6, 1e-5),
+    F64: (1e-7, 1e-7),
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}  # torch.testing's (rtol, atol) per dtype
 
 
 def assert_equal(a, b, msg=None, **tol):
@@ -258,8 +290,7 @@ def test_non_contiguous_tensors(impl, name, dtype, training):
             out = m(inp)
             out.backward(copy.deepcopy(g_out), retain_graph=True)
             assert_equal(out, default_output, msg=mi.desc)
-            assert_equal(inp.grad, default_input_grad, **TOL["noncontig_grad"],
-                                       msg=mi.desc)
+            assert_equal(inp.grad, default_input_grad, **TOL["noncontig_grad"], msg=mi.desc)
             for a, b in zip([p.grad for p in m.parameters()], default_param_grad, strict=True):
                 assert_equal(a, b, msg=mi.desc)
 
@@ -305,11 +336,17 @@ def test_gradgrad(impl, name, dtype, training):
 
 def _memory_formats(x):
     if x.dim() == 4:
-        return [torch.contiguous_format, torch.channels_last], \
-            [torch.preserve_format, torch.contiguous_format, torch.channels_last]
+        return [torch.contiguous_format, torch.channels_last], [
+            torch.preserve_format,
+            torch.contiguous_format,
+            torch.channels_last,
+        ]
     if x.dim() == 5:
-        return [torch.contiguous_format, torch.channels_last_3d], \
-            [torch.preserve_format, torch.contiguous_format, torch.channels_last_3d]
+        return [torch.contiguous_format, torch.channels_last_3d], [
+            torch.preserve_format,
+            torch.contiguous_format,
+            torch.channels_last_3d,
+        ]
     return [torch.contiguous_format], [torch.preserve_format, torch.contiguous_format]
 
 
@@ -322,8 +359,7 @@ def _check_out_memory_format(t, input_format):
         assert t.is_contiguous()
 
 
-@pytest.mark.parametrize("name,dtype,training",
-                         [c for c in _cases() if MODULES[c.values[0]][3]])
+@pytest.mark.parametrize("name,dtype,training", [c for c in _cases() if MODULES[c.values[0]][3]])
 def test_memory_format(impl, name, dtype, training):
     tol = (MODULES[name][4] or {}).get(dtype, {})
     for mi, x in _inputs(name, dtype, requires_grad=True):
@@ -368,14 +404,31 @@ def test_if_train_and_eval_modes_differ(impl, name):
 
 ERRORS = [  # module_error_inputs_torch_nn_BatchNorm1d_2d_3d and _GroupNorm
     (name, "forward", (10,), {"eps": eps}, shape, ValueError, "eps must be positive")
-    for name, shape in (("BatchNorm1d", (2, 10)), ("BatchNorm2d", (2, 10, 5, 5)),
-                        ("BatchNorm3d", (2, 10, 4, 4, 4)))
+    for name, shape in (
+        ("BatchNorm1d", (2, 10)),
+        ("BatchNorm2d", (2, 10, 5, 5)),
+        ("BatchNorm3d", (2, 10, 4, 4, 4)),
+    )
     for eps in (-1.0, 0.0)
 ] + [
-    ("GroupNorm", "construction", (3, 10), {}, None, ValueError,
-     r"num_channels \(10\) must be divisible by num_groups \(3\)"),
-    ("GroupNorm", "construction", (5, 13), {}, None, ValueError,
-     r"num_channels \(13\) must be divisible by num_groups \(5\)"),
+    (
+        "GroupNorm",
+        "construction",
+        (3, 10),
+        {},
+        None,
+        ValueError,
+        r"num_channels \(10\) must be divisible by num_groups \(3\)",
+    ),
+    (
+        "GroupNorm",
+        "construction",
+        (5, 13),
+        {},
+        None,
+        ValueError,
+        r"num_channels \(13\) must be divisible by num_groups \(5\)",
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ Not ported: _test_InstanceNorm_general / _test_LayerNorm_general / _test_GroupNo
 (long helpers; their cases are covered by test_ported_modules and tests/fuzz.py), and all
 CUDA-only tests (cuDNN, half on CUDA).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -39,8 +40,9 @@ def test_batchnorm_raises_error_if_param_is_not_same_size_as_input(impl, which):
     running_mean, running_var = torch.rand(10), torch.rand(10)
     for size in [9, 11]:
         with pytest.raises(RuntimeError):
-            impl.F.batch_norm(input, running_mean, running_var,
-                              **{which: nn.Parameter(torch.rand(size))})
+            impl.F.batch_norm(
+                input, running_mean, running_var, **{which: nn.Parameter(torch.rand(size))}
+            )
 
 
 def test_instancenorm_raises_error_if_less_than_one_value_per_channel(impl):
@@ -84,8 +86,10 @@ def test_GroupNorm_empty(impl):
     _test_module_empty_input(impl.nn.GroupNorm(2, 4), torch.randn(0, 4, 2, 2))
 
 
-@pytest.mark.parametrize("name,shape", [("BatchNorm1d", (0, 5, 9)), ("BatchNorm2d", (0, 5, 2, 2)),
-                                        ("BatchNorm3d", (0, 5, 2, 2, 2))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("BatchNorm1d", (0, 5, 9)), ("BatchNorm2d", (0, 5, 2, 2)), ("BatchNorm3d", (0, 5, 2, 2, 2))],
+)
 def test_BatchNorm_empty(impl, name, shape):
     """test_nn's test_batchnorm_empty pattern (_test_module_empty_input on BatchNorm)."""
     _test_module_empty_input(getattr(impl.nn, name)(5), torch.randn(shape))
@@ -106,8 +110,9 @@ def test_LayerNorm_numeric(impl):
     layer_norm = impl.nn.LayerNorm(normalized_shape).float()
     X = torch.rand(2, *normalized_shape, dtype=torch.float32)
     Y = layer_norm(X)
-    Y_ref = layer_norm_ref(X, layer_norm.weight.data, layer_norm.bias.data, normalized_shape,
-                           layer_norm.eps)
+    Y_ref = layer_norm_ref(
+        X, layer_norm.weight.data, layer_norm.bias.data, normalized_shape, layer_norm.eps
+    )
     torch.testing.assert_close(Y, Y_ref, rtol=0, atol=1e-5)
 
 
@@ -126,8 +131,9 @@ def test_GroupNorm_numeric(impl):
     group_norm = impl.nn.GroupNorm(groups, channels).float()
     X = torch.rand(1, channels, 32, 32, 9, dtype=torch.float32)  # torch: 256, 256, 72
     Y = group_norm(X)
-    Y_ref = group_norm_ref(X, group_norm.weight.data, group_norm.bias.data, groups, channels,
-                           group_norm.eps)
+    Y_ref = group_norm_ref(
+        X, group_norm.weight.data, group_norm.bias.data, groups, channels, group_norm.eps
+    )
     torch.testing.assert_close(Y, Y_ref, rtol=0, atol=1e-5)
 
 

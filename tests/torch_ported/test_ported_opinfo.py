@@ -12,6 +12,7 @@ gradgradcheck with common_utils' defaults (fast_mode, batched grads) pass (test_
 test_fn_gradgrad). Error inputs raise ``RuntimeError`` (ErrorInput's default type) matching
 torch's regex.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,13 +30,16 @@ GRADCHECK = {"check_batched_grad": True, "fast_mode": True}
 
 
 def _batch_norm(make, make_nograd):
-    cases = (((S, S, S), {"training": True, "momentum": 0.5, "eps": 0.6}),
-             ((3, 2, 4), {"training": False, "momentum": -1.2}),
-             ((3, 1), {"training": True, "momentum": 0.0}),
-             ((0,), {"training": True}), ((0,), {"training": False}),
-             ((3, 2, 3, 4), {"training": True, "momentum": -1.0, "eps": 0.5}),
-             ((3, 2, 3, 4), {"training": False, "momentum": -1.0, "eps": 0.5}),
-             ((2, 1), {}))
+    cases = (
+        ((S, S, S), {"training": True, "momentum": 0.5, "eps": 0.6}),
+        ((3, 2, 4), {"training": False, "momentum": -1.2}),
+        ((3, 1), {"training": True, "momentum": 0.0}),
+        ((0,), {"training": True}),
+        ((0,), {"training": False}),
+        ((3, 2, 3, 4), {"training": True, "momentum": -1.0, "eps": 0.5}),
+        ((3, 2, 3, 4), {"training": False, "momentum": -1.0, "eps": 0.5}),
+        ((2, 1), {}),
+    )
     for shape, kwargs in cases:
         c = shape[1] if len(shape) > 1 else 0
         w, b = (make(c), make(c)) if c > 0 else (None, None)
@@ -47,27 +51,49 @@ def _batch_norm(make, make_nograd):
 
 
 def _instance_norm(make, make_nograd):
-    cases = (((S, S, S), {"momentum": 0.5, "eps": 0.6}),
-             ((S, S, S), {"momentum": 0.5, "eps": 0.6, "use_input_stats": True}),
-             ((3, 2, 4), {"momentum": -1.2}), ((3, 2, 4), {"momentum": 0.0}),
-             ((3, 2, 3, 4), {"momentum": -1.0, "eps": 0.5}),
-             ((3, 2, 3, 4), {"momentum": -1.0, "eps": 0.5}))
+    cases = (
+        ((S, S, S), {"momentum": 0.5, "eps": 0.6}),
+        ((S, S, S), {"momentum": 0.5, "eps": 0.6, "use_input_stats": True}),
+        ((3, 2, 4), {"momentum": -1.2}),
+        ((3, 2, 4), {"momentum": 0.0}),
+        ((3, 2, 3, 4), {"momentum": -1.0, "eps": 0.5}),
+        ((3, 2, 3, 4), {"momentum": -1.0, "eps": 0.5}),
+    )
     for shape, kwargs in cases:
         c = shape[1]
-        yield make(shape), (), {"running_mean": make_nograd(c, low=0),
-                                "running_var": make_nograd(c, low=0),
-                                "weight": make(c), "bias": make(c), **kwargs}
+        yield (
+            make(shape),
+            (),
+            {
+                "running_mean": make_nograd(c, low=0),
+                "running_var": make_nograd(c, low=0),
+                "weight": make(c),
+                "bias": make(c),
+                **kwargs,
+            },
+        )
     for wc in (c, None):  # "instance_norm assumes that if there's a bias, there's a weight"
-        yield make(shape), (), {"running_mean": make_nograd(c, low=0),
-                                "running_var": make_nograd(c, low=0),
-                                "weight": make(wc) if wc is not None else None, "bias": None}
+        yield (
+            make(shape),
+            (),
+            {
+                "running_mean": make_nograd(c, low=0),
+                "running_var": make_nograd(c, low=0),
+                "weight": make(wc) if wc is not None else None,
+                "bias": None,
+            },
+        )
     yield make((1, 2, 3)), (), {}
 
 
 def _group_norm(make, make_nograd):
-    cases = (((1, 6, 3), 2, {"eps": 0.5}), ((2, 6, 3), 2, {"eps": -0.5}),
-             ((1, 3), 1, {"eps": 1e-5}), ((0, 2), 1, {"eps": 1e-5}),
-             ((S, S, S), 1, {"eps": 0.5}))
+    cases = (
+        ((1, 6, 3), 2, {"eps": 0.5}),
+        ((2, 6, 3), 2, {"eps": -0.5}),
+        ((1, 3), 1, {"eps": 1e-5}),
+        ((0, 2), 1, {"eps": 1e-5}),
+        ((S, S, S), 1, {"eps": 0.5}),
+    )
     for shape, groups, kwargs in cases:
         c = shape[1] if len(shape) > 1 else 0
         wt, bt_ = make(c), make(c)
@@ -76,8 +102,13 @@ def _group_norm(make, make_nograd):
     yield make((1, 2)), (1,), {}
 
 
-_LN_CASES = (((1, 2, 3), (1, 2, 3), {"eps": 0.5}), ((2, 2, 3), (2, 3), {"eps": -0.5}),
-             ((1,), (1,), {}), ((1, 2), (2,), {}), ((0, 1), (1,), {}))
+_LN_CASES = (
+    ((1, 2, 3), (1, 2, 3), {"eps": 0.5}),
+    ((2, 2, 3), (2, 3), {"eps": -0.5}),
+    ((1,), (1,), {}),
+    ((1, 2), (2,), {}),
+    ((0, 1), (1,), {}),
+)
 
 
 def _layer_norm(make, make_nograd):
@@ -92,9 +123,13 @@ def _rms_norm(make, make_nograd):
     yield make((1, 2)), ((2,),), {}
 
 
-OPS = {"batch_norm": (_batch_norm, {}), "instance_norm": (_instance_norm, {}),
-       "group_norm": (_group_norm, {}), "layer_norm": (_layer_norm, {}),
-       "rms_norm": (_rms_norm, {"high": 1000})}
+OPS = {
+    "batch_norm": (_batch_norm, {}),
+    "instance_norm": (_instance_norm, {}),
+    "group_norm": (_group_norm, {}),
+    "layer_norm": (_layer_norm, {}),
+    "rms_norm": (_rms_norm, {"high": 1000}),
+}
 
 
 def samples(op, dtype, requires_grad, seed=0):
@@ -124,7 +159,10 @@ KNOWN_DIVERGENCES = {
     "float16 weight/bias/buffers) is the first to fail: outputs up to one float16 ulp off "
     "torch's in 20 of 125 values, some beyond the f16 tolerance; the reduced-precision rounding of torch's kernel (statistics "
     "and affine map in float32, one final rounding) is not reproduced yet",
-    ("instance_norm", torch.bfloat16): "D11: sample 1 is the first to fail, as for float16 (one bfloat16 ulp, 21 of 125 values)",
+    (
+        "instance_norm",
+        torch.bfloat16,
+    ): "D11: sample 1 is the first to fail, as for float16 (one bfloat16 ulp, 21 of 125 values)",
 }
 
 
@@ -132,8 +170,7 @@ KNOWN_DIVERGENCES = {
 @pytest.mark.parametrize("op", list(OPS))
 def test_samples_run_and_match_torch(request, impl, op, dtype):
     if impl.name == "bnlib.torch" and (op, dtype) in KNOWN_DIVERGENCES:
-        request.applymarker(pytest.mark.xfail(strict=True,
-                                              reason=KNOWN_DIVERGENCES[op, dtype]))
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_DIVERGENCES[op, dtype]))
     ref_impl = IMPLS["torch.nn"]
     for i, (x, args, kwargs) in enumerate(samples(op, dtype, requires_grad=False)):
         ref_args, ref_kwargs = _clone(args), {k: _clone(v) for k, v in kwargs.items()}
@@ -143,8 +180,7 @@ def test_samples_run_and_match_torch(request, impl, op, dtype):
         torch.testing.assert_close(out, ref, **tol, equal_nan=True, msg=f"sample {i}")
         for a, b in zip([*args, *kwargs.values()], [*ref_args, *ref_kwargs.values()]):
             if torch.is_tensor(a):  # running statistics updated in place as torch does
-                torch.testing.assert_close(a, b, **tol, equal_nan=True,
-                                           msg=f"sample {i}: buffer")
+                torch.testing.assert_close(a, b, **tol, equal_nan=True, msg=f"sample {i}: buffer")
 
 
 def _differentiable(x, args, kwargs):
@@ -168,27 +204,56 @@ def test_fn_grad(impl, op, check):
 
         if x.numel() == 0:
             continue  # an empty input has no derivative to check
-        if (impl.name == "torch.nn" and op == "group_norm" and kwargs.get("weight") is None
-                and kwargs.get("bias") is not None):
+        if (
+            impl.name == "torch.nn"
+            and op == "group_norm"
+            and kwargs.get("weight") is None
+            and kwargs.get("bias") is not None
+        ):
             continue  # torch 2.13's bug: raises "tensor does not have a device" (bnlib checked)
         assert checker(fn, diff, **GRADCHECK), f"{op} sample {i}"
 
 
 ERRORS = [  # (op, input shape, args, regex); error type RuntimeError (ErrorInput's default)
     ("group_norm", (1,), (1,), "Expected at least 2 dimensions for input tensor but received"),
-    ("group_norm", (2, 7, 4), (2,), "Expected number of channels in input to be divisible by "
-                                    "num_groups, but got input of shape"),
-    ("rms_norm", (1, 2, 3), ((), None, 1e-5),
-     "Expected normalized_shape to be at least 1-dimensional"),
-    ("rms_norm", (1, 2, 3), ((1, 2, 3), (1, 2), 1e-5),
-     "Expected weight to be of same shape as normalized_shape"),
+    (
+        "group_norm",
+        (2, 7, 4),
+        (2,),
+        "Expected number of channels in input to be divisible by "
+        "num_groups, but got input of shape",
+    ),
+    (
+        "rms_norm",
+        (1, 2, 3),
+        ((), None, 1e-5),
+        "Expected normalized_shape to be at least 1-dimensional",
+    ),
+    (
+        "rms_norm",
+        (1, 2, 3),
+        ((1, 2, 3), (1, 2), 1e-5),
+        "Expected weight to be of same shape as normalized_shape",
+    ),
     ("rms_norm", (2, 2, 3), ((2, 2), None, 1e-5), "Given normalized_shape="),
-    ("layer_norm", (1, 2, 3), ((), None, None, 1e-5),
-     "Expected normalized_shape to be at least 1-dimensional"),
-    ("layer_norm", (1, 2, 3), ((1, 2, 3), (1, 2), None, 1e-5),
-     "Expected weight to be of same shape as normalized_shape"),
-    ("layer_norm", (1, 2, 3), ((1, 2, 3), None, (1, 2), 1e-5),
-     "Expected bias to be of same shape as normalized_shape"),
+    (
+        "layer_norm",
+        (1, 2, 3),
+        ((), None, None, 1e-5),
+        "Expected normalized_shape to be at least 1-dimensional",
+    ),
+    (
+        "layer_norm",
+        (1, 2, 3),
+        ((1, 2, 3), (1, 2), None, 1e-5),
+        "Expected weight to be of same shape as normalized_shape",
+    ),
+    (
+        "layer_norm",
+        (1, 2, 3),
+        ((1, 2, 3), None, (1, 2), 1e-5),
+        "Expected bias to be of same shape as normalized_shape",
+    ),
     ("layer_norm", (2, 2, 3), ((2, 2), None, None, 1e-5), "Given normalized_shape="),
 ]
 

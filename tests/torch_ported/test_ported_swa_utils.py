@@ -9,6 +9,7 @@ Plus: ``torch.nn.utils.fuse_conv_bn_eval`` (what torch.ao and torch.fx fusion ca
 bnlib's ``BatchNorm2d`` and gives the result it gives for torch's. Not ported: the CUDA
 branches and the AveragedModel tests (they involve no batch norm arithmetic).
 """
+
 import pytest
 import torch
 from torch.optim.swa_utils import update_bn
@@ -33,8 +34,7 @@ class SWATestCNN(torch.nn.Module):
     def __init__(self, impl, input_channels):
         super().__init__()
         self.n_features = 10
-        self.conv1 = torch.nn.Conv2d(input_channels, self.n_features, kernel_size=3,
-                                     padding=1)
+        self.conv1 = torch.nn.Conv2d(input_channels, self.n_features, kernel_size=3, padding=1)
         self.bn = impl.nn.BatchNorm2d(self.n_features, momentum=0.3)
 
     def compute_preactivation(self, x):
@@ -48,8 +48,10 @@ def _loaders(x):
     y = torch.rand(x.shape[0])
     ds_x = torch.utils.data.TensorDataset(x)
     ds_xy = torch.utils.data.TensorDataset(x, y)
-    return (torch.utils.data.DataLoader(ds_x, batch_size=5, shuffle=True),
-            torch.utils.data.DataLoader(ds_xy, batch_size=5, shuffle=True))
+    return (
+        torch.utils.data.DataLoader(ds_x, batch_size=5, shuffle=True),
+        torch.utils.data.DataLoader(ds_xy, batch_size=5, shuffle=True),
+    )
 
 
 def _test_update_bn(dnn, dl_x, dl_xy):
@@ -128,6 +130,7 @@ def test_fuse_conv_bn_eval_accepts_bnlib(impl, bias):
     """The fused convolution computes conv -> bn in eval mode, and bnlib's batch norm
     fuses to the same convolution as torch's with the same state."""
     from torch.nn.utils import fuse_conv_bn_eval
+
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3, bias=bias).double().eval()
     bn = impl.nn.BatchNorm2d(4, dtype=torch.float64)
@@ -153,6 +156,7 @@ def test_bnlib_batch_norms_are_torch_batch_norms():
     """What update_bn, fusion and convert_sync_batchnorm test; instance norm is not batch
     norm (as in torch: InstanceNorm derives from _NormBase only)."""
     import bnlib.torch as bt
+
     base = torch.nn.modules.batchnorm
     for cls in (bt.BatchNorm1d, bt.BatchNorm2d, bt.BatchNorm3d, bt.SyncBatchNorm):
         assert issubclass(cls, base._BatchNorm), cls
