@@ -17,6 +17,7 @@ still fail. Each listed pair makes its test ``xfail(strict=True)``: it must stil
 chapter that becomes compliant makes the suite fail until its pair is removed here. The set
 only ever shrinks; when it is empty, every chapter meets every check.
 """
+
 import json
 import re
 from pathlib import Path
@@ -36,15 +37,19 @@ CHECKS = ("hidden-glue", "line-length", "install-cell", "code-width", "phone-wid
 # Remove a pair in the commit that makes its chapter pass; `python tests/reader_contract.py`
 # lists the notebook-level pairs that pass already.
 NOT_YET_COMPLIANT = {
-    ("01_background", "code-width"), ("01_background", "figures"),
+    ("01_background", "code-width"),
+    ("01_background", "figures"),
     ("02_core_concepts", "code-width"),
-    ("03_algorithm_and_math", "code-width"), ("03_algorithm_and_math", "figures"),
-    ("04_best_practice_code", "code-width"), ("04_best_practice_code", "figures"),
+    ("03_algorithm_and_math", "code-width"),
+    ("03_algorithm_and_math", "figures"),
+    ("04_best_practice_code", "code-width"),
+    ("04_best_practice_code", "figures"),
     # The API reference (autodoc): long signatures and docstring examples; display
     # equations wider than a phone.
-    ("06b_api_reference", "code-width"), ("06b_api_reference", "phone-width"),
-    ("07_summary_and_future", "install-cell"), ("07_summary_and_future", "code-width"),
-    ("07b_beyond_batch_norm", "install-cell"), ("07b_beyond_batch_norm", "code-width"),
+    ("06b_api_reference", "code-width"),
+    ("06b_api_reference", "phone-width"),
+    ("07_summary_and_future", "code-width"),
+    ("07b_beyond_batch_norm", "code-width"),
 }
 
 
@@ -88,10 +93,12 @@ def load_install_cell():
     import importlib.machinery
     import importlib.util
 
-    loader = importlib.machinery.SourceFileLoader("install_cell",
-                                                  str(ROOT / "scripts" / "install-cell"))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(
-        "install_cell", loader))
+    loader = importlib.machinery.SourceFileLoader(
+        "install_cell", str(ROOT / "scripts" / "install-cell")
+    )
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("install_cell", loader)
+    )
     loader.exec_module(module)
     return module
 
@@ -100,10 +107,12 @@ GLUE_CALL = re.compile(r"(?<![\w.])(?:\w+\.)*glue\s*\(")
 
 
 def glue_problems(notebook):
-    return [f"cell {index} calls glue() where a reader sees it: tag it remove-input "
-            f"(or move the glue into a hidden cell)"
-            for index, source in visible_code_cells(notebook)
-            if any(GLUE_CALL.search(line.split("#")[0]) for line in source.splitlines())]
+    return [
+        f"cell {index} calls glue() where a reader sees it: tag it remove-input "
+        f"(or move the glue into a hidden cell)"
+        for index, source in visible_code_cells(notebook)
+        if any(GLUE_CALL.search(line.split("#")[0]) for line in source.splitlines())
+    ]
 
 
 def line_length_problems(notebook):
@@ -111,8 +120,10 @@ def line_length_problems(notebook):
     for index, source in visible_code_cells(notebook):
         for number, line in enumerate(source.splitlines(), 1):
             if len(line) > MAX_LINE:
-                found.append(f"cell {index} line {number} has {len(line)} > {MAX_LINE} "
-                             f"characters: {line[:50]!r}...")
+                found.append(
+                    f"cell {index} line {number} has {len(line)} > {MAX_LINE} "
+                    f"characters: {line[:50]!r}..."
+                )
     return found
 
 
@@ -137,7 +148,10 @@ if __name__ == "__main__":
         for check in ("hidden-glue", "line-length", "install-cell"):
             failing = bool(notebook_check_problems(notebook, check))
             listed = (notebook.stem, check) in NOT_YET_COMPLIANT
-            note = {(True, True): "fails (listed)", (False, False): "passes",
-                    (False, True): "PASSES: remove it from NOT_YET_COMPLIANT",
-                    (True, False): "FAILS: fix the chapter (or list it)"}[failing, listed]
+            note = {
+                (True, True): "fails (listed)",
+                (False, False): "passes",
+                (False, True): "PASSES: remove it from NOT_YET_COMPLIANT",
+                (True, False): "FAILS: fix the chapter (or list it)",
+            }[failing, listed]
             print(f"{notebook.stem:28} {check:13} {note}")
