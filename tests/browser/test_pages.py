@@ -304,9 +304,24 @@ def edition_problems(page, path):
             problems.append("the Chinese page is not marked lang=zh-CN")
         if not page.locator(".bnbook-progress").count():
             problems.append("the Chinese page does not say how much of it is translated")
-        text = page.inner_text("article")
-        if len(CJK.findall(text)) < 20:
-            problems.append("the Chinese page shows (almost) no Chinese text")
+        # The page's own text, without the banner (which is Chinese on every page): where
+        # the banner says at least half of the page is translated, the page must show it.
+        text = page.evaluate("""() => { const a = document.querySelector('article');
+            const c = a.cloneNode(true); c.querySelectorAll('.bnbook-language')
+            .forEach(e => e.remove()); return c.innerText; }""")
+        banner = (
+            page.inner_text(".bnbook-progress") if page.locator(".bnbook-progress").count() else ""
+        )
+        counts = [int(n) for n in re.findall(r"\d+", banner)]
+        share = (
+            1.0
+            if "全部" in banner
+            else (counts[1] / counts[0] if len(counts) >= 2 and counts[0] else 0.0)
+        )
+        if share >= 0.5 and len(CJK.findall(text)) < 20:
+            problems.append(
+                f"the banner says {share:.0%} is translated, but the page shows (almost) no Chinese text"
+            )
     return problems
 
 
