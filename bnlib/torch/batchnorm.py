@@ -9,6 +9,7 @@ code such as ``torch.optim.swa_utils.update_bn`` expects.
 """
 from __future__ import annotations
 
+import torch  # noqa: F401 (the docstring examples use it)
 from torch import Tensor
 from torch.nn.modules import batchnorm as _torch_bn
 
