@@ -83,6 +83,9 @@ def markup(text: str, page: str) -> dict[str, list[str]]:
         ...            "chapters/01_background")
         >>> m["glue"], m["role"], m["local_glue"]
         (['glue:text ch1_ratio:.1f'], ['numref fig-a'], [])
+        >>> markup("{glue:text}`01_background.ipynb::ch1_verdict`", "chapters/01_background")[
+        ...     "unformatted_glue"]
+        ['01_background.ipynb::ch1_verdict']
     """
     own = page.rsplit("/", 1)[-1] + ".ipynb::"
     found: dict[str, list[str]] = {
@@ -92,6 +95,7 @@ def markup(text: str, page: str) -> dict[str, list[str]]:
         "code": [],
         "link": [],
         "local_glue": [],
+        "unformatted_glue": [],
     }
     rest = _MATH.sub(lambda m: found["math"].append(" ".join(m.group(0).split())) or " ", text)
     for role, body in _ROLE.findall(rest):
@@ -103,9 +107,13 @@ def markup(text: str, page: str) -> dict[str, list[str]]:
         if role.startswith("glue"):
             if "::" not in target:
                 found["local_glue"].append(target)
-            found["glue"].append(
-                f"{role} {target[len(own) :] if target.startswith(own) else target}"
-            )
+            elif role == "glue:text" and ":" not in target.split("::", 1)[1]:
+                # myst-nb splits the format at the last colon: "doc::key" would lose its key.
+                found["unformatted_glue"].append(target)
+            target = target[len(own) :] if target.startswith(own) else target
+            if role == "glue:text" and target.endswith(":s"):
+                target = target[:-2]  # ":s" is glue:text's default format
+            found["glue"].append(f"{role} {target}")
         elif role.startswith("cite"):
             found["role"].append(f"cite {','.join(sorted(k.strip() for k in target.split(',')))}")
         else:
@@ -135,6 +143,12 @@ def lint(root: Path = Path(".")) -> list[str]:
                     f"{page}: write the glue key with its document, "
                     f"{page.rsplit('/', 1)[-1]}.ipynb::{chinese['local_glue'][0]} "
                     f"(a same-page key vanishes from a translation): {message.id[:60]!r}"
+                )
+            if chinese["unformatted_glue"]:
+                problems.append(
+                    f"{page}: add a format to {chinese['unformatted_glue'][0]} (e.g. :s): "
+                    f"myst-nb reads 'doc::key' without one as a format and the number "
+                    f"vanishes: {message.id[:60]!r}"
                 )
             for kind in ("glue", "role", "math", "code", "link"):
                 if english[kind] != chinese[kind]:
