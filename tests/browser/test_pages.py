@@ -488,9 +488,9 @@ def test_every_chapter_image_is_a_numbered_captioned_figure(layouts, page_path):
     assert not problems, f"{page_path}: {len(problems)} problems:\n  " + "\n  ".join(problems)
 
 
-@pytest.mark.parametrize("query, expect_results", [("variance", True), ("zqxjkvw", False)])
-def test_offline_search(context, base_url, query, expect_results):
-    page, problems = open_page(context, base_url, f"search.html?q={query}")
+def search(context, base_url, path):
+    """The result links of the search page at ``path`` (e.g. ``search.html?q=variance``)."""
+    page, problems = open_page(context, base_url, path)
     try:
         page.wait_for_selector("#search-results .search-summary")
         results = page.eval_on_selector_all(
@@ -499,6 +499,12 @@ def test_offline_search(context, base_url, query, expect_results):
     finally:
         page.close()
     assert not problems, "\n".join(problems)
+    return results
+
+
+@pytest.mark.parametrize("query, expect_results", [("variance", True), ("zqxjkvw", False)])
+def test_offline_search(context, base_url, query, expect_results):
+    results = search(context, base_url, f"search.html?q={query}")
     if expect_results:
         assert results, f"offline search for {query!r} found nothing"
         assert all(r.startswith(base_url) for r in results)
@@ -512,15 +518,7 @@ def test_offline_search_in_the_chinese_edition(context, base_url, html_dir, quer
     indexed and these searches find nothing."""
     if not (html_dir / ZH / "search.html").is_file():
         pytest.fail(f"no Chinese edition at {html_dir / ZH}: build the book with scripts/book")
-    page, problems = open_page(context, base_url, f"{ZH}search.html?q={query}")
-    try:
-        page.wait_for_selector("#search-results .search-summary")
-        results = page.eval_on_selector_all(
-            "#search-results ul.search li a", "links => links.map(a => a.href)"
-        )
-    finally:
-        page.close()
-    assert not problems, "\n".join(problems)
+    results = search(context, base_url, f"{ZH}search.html?q={query}")
     assert results, f"offline search for {query!r} in the Chinese edition found nothing"
     assert all(r.startswith(base_url + ZH) for r in results)
 
