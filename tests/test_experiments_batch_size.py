@@ -22,13 +22,8 @@ from bnlib.experiments.renorm_schedule import RenormSchedule
 from bnlib.experiments.weight_std import WSLinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One thread for tiny tensors: the shared fixture of tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_linear_scaling_rule_epoch_budget_and_grid_centre():

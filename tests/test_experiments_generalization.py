@@ -11,13 +11,8 @@ from bnlib.experiments.generalization import MatchedFit, cnn_arm, measure_gap, s
 from bnlib.experiments.protocol import run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small convolutions run faster on one thread, and the result is then thread-count stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread for tiny tensors: the shared fixture of tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,8 @@ from bnlib.experiments.landscape import (
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two on a shared machine, and results do not
-    depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One thread for tiny tensors: the shared fixture of tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_noisy_bn_is_torch_batch_norm_then_the_drawn_affine_map():
