@@ -12,8 +12,8 @@ forward pass and the forward plus backward pass (training mode, affine) of
 
 are timed in one process, one thread (``torch.set_num_threads(1)``; NumPy's BLAS limited to
 one thread with threadpoolctl and the usual environment variables), the implementations
-alternating within every repeat, medians reported. Bandwidth counts the bytes a pass must
-move: ``3S`` forward (read ``x`` twice, write ``y``) and ``8S`` forward plus backward, for a
+alternating within every repeat, medians reported. Bandwidth counts the bytes a two-pass
+kernel moves: ``3S`` forward (read ``x`` twice, write ``y``) and ``8S`` forward plus backward, for a
 tensor of ``S`` bytes, and is given as a fraction of the bandwidth of ``np.copyto`` on the
 same tensor (``2S`` bytes) measured in the same repeats.
 
@@ -22,6 +22,8 @@ Usage::
     python benchmarks/bn_speed.py                 # full run, prints the table
     python benchmarks/bn_speed.py --json          # ... and a final JSON line
     python benchmarks/bn_speed.py --quick --repeats 3 --no-compile --json   # smoke test
+
+A run the book shows is recorded as package data in ``bnlib/records/`` (its README says how).
 
 The clock is the process's CPU time by default (``--clock cpu``), which a machine shared with
 other jobs disturbs less than wall time; ``--clock wall`` uses ``time.perf_counter``.

@@ -205,3 +205,25 @@ def test_a_chapter_runs_in_a_fresh_environment_where_the_cell_installs_bnlib(tmp
 
     where = probe("import bnlib; print(bnlib.__file__)", check=True).stdout.strip()
     assert Path(where).is_relative_to(site), f"bnlib came from {where}, not the fresh env"
+    # Package data arrives with the install: chapter 9 reads its recorded benchmark there,
+    # where the repository's folders do not exist.
+    recorded = probe(
+        "from bnlib import records; print(records.names());"
+        " print(records.load_json(records.names()[0])['clock'])",
+        check=True,
+    ).stdout
+    shipped = sorted(
+        p.name for p in (ROOT / "bnlib" / "records").iterdir() if p.suffix in (".json", ".txt")
+    )
+    assert str(shipped) in recorded, (recorded, shipped)
+
+
+def test_no_chapter_reads_files_outside_the_package():
+    """A notebook run in Colab has the chapter alone, not the repository: every file a chapter
+    reads comes with bnlib (``bnlib.records``) or is written by the chapter itself."""
+    offenders = []
+    for path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code" and "../" in cell.source:
+                offenders.append(f"{path.name} cell {index}")
+    assert not offenders, "reads the repository through '../': " + ", ".join(offenders)
