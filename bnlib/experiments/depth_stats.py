@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split, load_digits_split
-from .init import init_for_activation
+from .init import init_for_activation, normal_
 from .models import ACTIVATIONS, make_norm, mlp
 from .train import train
 
@@ -106,7 +106,8 @@ def init_normal_(model: nn.Module, gain: float) -> nn.Module:
 
     ``gain = 1`` keeps the variance of a linear layer's output equal to that of its input
     (LeCun's scaling; for equal widths also Glorot & Bengio's); larger gains push tanh and
-    sigmoid units into saturation. Draws from torch's global generator: seed it first.
+    sigmoid units into saturation. Draws from torch's global generator (in float64, the same
+    bits on every CPU: :func:`bnlib.experiments.init.normal_`): seed it first.
 
     Args:
         model: any module; only its ``nn.Linear`` layers change.
@@ -126,7 +127,7 @@ def init_normal_(model: nn.Module, gain: float) -> nn.Module:
     with torch.no_grad():
         for layer in model.modules():
             if isinstance(layer, nn.Linear):
-                layer.weight.normal_(0.0, gain / math.sqrt(layer.in_features))
+                normal_(layer.weight, gain / math.sqrt(layer.in_features))
                 if layer.bias is not None:
                     layer.bias.zero_()
     return model

@@ -7,18 +7,59 @@ slope :math:`s` at 0 needs the gain :math:`1/s`. The sigmoid's slope at 0 is 1/4
 gain is 4 (``torch.nn.init.calculate_gain("sigmoid")`` returns 1, which is not this gain);
 tanh's slope is 1, and PyTorch's gain 5/3 also makes up for its saturation. He et al. (2015)
 derive :math:`\\operatorname{Var}(W) = 2 / \\text{fan\\_in}` for ReLU.
+
+The normal draws are made in float64 and rounded to the weights' dtype (:func:`normal_`):
+torch's float32 ``normal_`` has a vectorized AVX2 kernel and a scalar one that round
+differently, so ``nn.init.xavier_normal_`` gives other last bits on a CPU without AVX2, and a
+few hundred training steps turn those bits into a different test accuracy.
 """
 from __future__ import annotations
 
+import math
 
+import torch
 from torch import nn
 
-__all__ = ["GAINS", "init_for_activation"]
+__all__ = ["GAINS", "init_for_activation", "normal_"]
 
 #: Xavier-normal gain per activation (``relu`` uses Kaiming normal instead).
 GAINS: dict[str, float] = {"sigmoid": 4.0, "tanh": 5.0 / 3.0, "linear": 1.0}
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """Fill ``tensor`` in place with :math:`\\mathcal{N}(0, \\text{std}^2)` draws, the same bits
+    on every CPU, and return it.
+
+    The draws are made in float64 (one scalar kernel on every CPU) from torch's global
+    generator, consuming it as ``tensor.normal_`` would, then rounded to ``tensor``'s dtype.
+
+    Args:
+        tensor: the tensor to fill (e.g. a layer's weight).
+        std: the standard deviation; must be positive.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> w = normal_(torch.empty(400, 400), std=0.05)
+        >>> w.dtype, round(float(w.std()), 3)
+        (torch.float32, 0.05)
+    """
+    if not std > 0:
+        raise ValueError(f"expected std > 0 (got {std})")
+    with torch.no_grad():
+        draws = torch.empty(tensor.shape, dtype=torch.float64).normal_(0.0, std)
+        return tensor.copy_(draws)
+
+
+def _xavier_normal_(weight: torch.Tensor, gain: float) -> torch.Tensor:
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    return normal_(weight, gain * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def _kaiming_normal_relu_(weight: torch.Tensor) -> torch.Tensor:
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+    return normal_(weight, math.sqrt(2.0 / fan_in))
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -42,7 +83,8 @@ def init_for_activation(model: nn.Module, activation: str) -> nn.Module:
     biases are set to 0; normalization layers get weight 1 and bias 0. ``"default"`` leaves
     the model as PyTorch built it (Kaiming-uniform with ``a = sqrt(5)``, i.e.
     :math:`W \\sim \\mathcal{U}(\\pm 1/\\sqrt{n_i})`), for experiments about that default.
-    Draws use torch's global generator: seed it (``torch.manual_seed``) first.
+    Draws use torch's global generator (:func:`normal_`, the same bits on every CPU): seed it
+    (``torch.manual_seed``) first.
 
     Args:
         model: the network.
@@ -67,11 +109,11 @@ def init_for_activation(model: nn.Module, activation: str) -> nn.Module:
     weighted = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     for i, layer in enumerate(weighted):
         if i == len(weighted) - 1:
-            nn.init.xavier_normal_(layer.weight, gain=1.0)
+            _xavier_normal_(layer.weight, gain=1.0)
         elif activation == "relu":
-            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            _kaiming_normal_relu_(layer.weight)
         else:
-            nn.init.xavier_normal_(layer.weight, gain=GAINS[activation])
+            _xavier_normal_(layer.weight, gain=GAINS[activation])
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
     for module in model.modules():
