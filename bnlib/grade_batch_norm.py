@@ -54,7 +54,8 @@ def check_forward(fn: Callable, tol: float = 1e-10) -> CheckResult:
 
     Example:
         >>> from bnlib.numpy import batch_norm_forward
-        >>> check_forward(lambda x, g, b, eps: batch_norm_forward(x, g, b, eps)[0]).passed
+        >>> mine = lambda x, g, b, eps: batch_norm_forward(x, g, b, eps)[0]
+        >>> check_forward(mine).passed
         True
     """
     worst, where = 0.0, ""

@@ -67,7 +67,8 @@ def derivative_ratio(z: Tensor, activation: str) -> Tensor:
         Output has the shape of ``z``, values in [0, 1].
 
     Example:
-        >>> [round(float(r), 4) for r in derivative_ratio(torch.tensor([0.0, 3.0]), "tanh")]
+        >>> z = torch.tensor([0.0, 3.0])
+        >>> [round(float(r), 4) for r in derivative_ratio(z, "tanh")]
         [1.0, 0.0099]
     """
     if activation == "sigmoid":
@@ -168,7 +169,8 @@ def residual_mlp(in_features: int = 64, hidden: int = 100, depth: int = 10,
 
     Example:
         >>> net = residual_mlp(depth=3)
-        >>> net(torch.zeros(4, 64)).shape, sum(isinstance(m, nn.Linear) for m in net.modules())
+        >>> linears = sum(isinstance(m, nn.Linear) for m in net.modules())
+        >>> net(torch.zeros(4, 64)).shape, linears
         (torch.Size([4, 10]), 4)
     """
     if activation not in ACTIVATIONS:

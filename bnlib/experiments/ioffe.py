@@ -113,8 +113,8 @@ class SigmoidInputRecorder:
     Example:
         >>> from bnlib.experiments import Arm, load_digits_split, run
         >>> rec = SigmoidInputRecorder("batch", "auto")
-        >>> r = run([Arm("bn", rec, train_kwargs={"eval_every": 5})], load_digits_split(),
-        ...         steps=10, seeds=(0, 1), lr=0.1)
+        >>> arm = Arm("bn", rec, train_kwargs={"eval_every": 5})
+        >>> r = run([arm], load_digits_split(), steps=10, seeds=(0, 1), lr=0.1)
         >>> rec.values(1).shape  # (steps, batch) of the second model built (seed 1)
         (10, 60)
     """

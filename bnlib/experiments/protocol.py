@@ -374,7 +374,8 @@ def choose_lr(arm: Arm, split: Split, steps: int, seeds: Sequence[int] = (0, 1, 
 
     Example:
         >>> from bnlib.experiments import load_digits_split, mlp
-        >>> arm = Arm("bn", lambda: mlp(norm="batch", depth=1), train_kwargs={"eval_every": 20})
+        >>> arm = Arm("bn", lambda: mlp(norm="batch", depth=1),
+        ...           train_kwargs={"eval_every": 20})
         >>> c = choose_lr(arm, load_digits_split(), 20, seeds=(0, 1))
         >>> LR_GRID[0] < c.lr < LR_GRID[-1], sorted(c.scores) == sorted(LR_GRID)
         (True, True)
@@ -520,8 +521,8 @@ def run(arms: Sequence[Arm], split: Split, steps: int, seeds: Sequence[int] = (0
 
     Example:
         >>> from bnlib.experiments import load_digits_split, mlp
-        >>> arms = [Arm(n, lambda n=n: mlp(norm=n, depth=1), train_kwargs={"eval_every": 10})
-        ...         for n in ("none", "batch")]
+        >>> arms = [Arm(n, lambda n=n: mlp(norm=n, depth=1),
+        ...             train_kwargs={"eval_every": 10}) for n in ("none", "batch")]
         >>> r = run(arms, load_digits_split(), steps=20, seeds=(0, 1), lr=0.1)
         >>> sorted(r.summary("test_accuracy")), r.lrs["batch"]
         (['batch', 'none'], 0.1)

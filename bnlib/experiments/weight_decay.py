@@ -69,7 +69,8 @@ def scale_invariance(scales: tuple[float, ...] = (0.5, 2.0, 10.0), seed: int = 0
 
     Example:
         >>> r = scale_invariance(scales=(2.0,), eps=1e-12)[0]
-        >>> round(r.grad_norm_ratio, 9), r.max_cosine < 1e-12, r.output_difference < 1e-12
+        >>> (round(r.grad_norm_ratio, 9), r.max_cosine < 1e-12,
+        ...  r.output_difference < 1e-12)
         (0.5, True, True)
     """
     g = torch.Generator().manual_seed(seed)

@@ -102,7 +102,8 @@ def layer_norm_backward(dy: np.ndarray, cache: NormCache
     Example:
         >>> y, cache = layer_norm_forward(np.array([[1.0, 2.0, 4.0]]))
         >>> dx, dgamma, dbeta = layer_norm_backward(np.ones_like(y), cache)
-        >>> bool(np.abs(dx).max() < 1e-12)  # an equal push on every output moves no input
+        >>> # an equal push on every output moves no input:
+        >>> bool(np.abs(dx).max() < 1e-12)
         True
     """
     x_hat, k = cache.x_hat, cache.normalized_ndim

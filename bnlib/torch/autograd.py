@@ -236,8 +236,10 @@ class BatchNormEvalFunction(torch.autograd.Function):
     Example:
         >>> x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
         >>> w = torch.rand(3, dtype=torch.float64, requires_grad=True)
-        >>> rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
-        >>> torch.autograd.gradcheck(BatchNormEvalFunction.apply, (x, rm, rv, w, None, 1e-5))
+        >>> rm = torch.zeros(3, dtype=torch.float64)
+        >>> rv = torch.ones(3, dtype=torch.float64)
+        >>> args = (x, rm, rv, w, None, 1e-5)
+        >>> torch.autograd.gradcheck(BatchNormEvalFunction.apply, args)
         True
     """
 

@@ -132,7 +132,8 @@ class SyncBatchNorm(_BatchNorm):
         Input ``(N, C, *)``, at least 2-D; output the same.
 
     Example:
-        >>> SyncBatchNorm(3)(torch.randn(4, 3, 5)).shape  # no process group: local statistics
+        >>> # no process group: local statistics
+        >>> SyncBatchNorm(3)(torch.randn(4, 3, 5)).shape
         torch.Size([4, 3, 5])
     """
 
@@ -176,8 +177,9 @@ class SyncBatchNorm(_BatchNorm):
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
-            >>> SyncBatchNorm.convert_sync_batchnorm(model)[1]
-            SyncBatchNorm(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+            >>> converted = SyncBatchNorm.convert_sync_batchnorm(model)
+            >>> type(converted[1]).__name__, converted[1].num_features
+            ('SyncBatchNorm', 3)
         """
         output = module
         if isinstance(module, (nn.modules.batchnorm._BatchNorm, _BatchNorm)) and \
