@@ -1,5 +1,7 @@
 """Training-mode-at-inference accuracy and the companion dependence of training mode."""
 
+import copy
+
 import pytest
 import torch
 
@@ -43,8 +45,19 @@ def test_sorted_small_batches_hurt_batch_statistics(trained):
 def test_trailing_single_sample_is_folded_and_batch_of_one_refused(trained):
     model, split = trained
     n = 2 * 8 + 1
-    acc = batch_stat_accuracy(model, split.x_test[:n], split.y_test[:n], batch_size=8)
-    assert 0.0 <= acc <= 1.0 and acc * n == round(acc * n)
+    x, y = split.x_test[:n], split.y_test[:n]
+    acc = batch_stat_accuracy(model, x, y, batch_size=8)
+    # By hand: chunks of 8 and 9 (the 17th sample joins the second chunk), each normalized
+    # by its own statistics, on a copy in training mode.
+    probe = copy.deepcopy(model).train()
+    with torch.no_grad():
+        correct = sum(
+            int((probe(xb).argmax(1) == yb).sum()) for xb, yb in ((x[:8], y[:8]), (x[8:], y[8:]))
+        )
+    assert acc == correct / n
+    # A chunk of one alone would make batch norm refuse (more than one value per channel).
+    with pytest.raises(ValueError):
+        copy.deepcopy(model).train()(x[16:])
     with pytest.raises(ValueError, match="batch_size >= 2"):
         batch_stat_accuracy(model, split.x_test, split.y_test, batch_size=1)
 

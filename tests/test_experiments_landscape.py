@@ -210,7 +210,10 @@ def test_recorder_is_seeded_leaves_training_alone_and_starts_a_trace_per_run():
     )
     for name in ("loss", "losses", "grad_norm", "distances"):
         np.testing.assert_array_equal(getattr(a, name), getattr(again.landscapes()[0], name))
-    assert (a.loss_range >= 0).all() and (a.distances > 0).all() and (a.beta_smoothness > 0).all()
+    # The range is max - min over the loss at the weights and at every probed step.
+    every = np.column_stack([a.loss, a.losses])
+    np.testing.assert_array_equal(a.loss_range, every.max(axis=1) - every.min(axis=1))
+    assert (a.loss_range > 0).all() and (a.distances > 0).all() and (a.beta_smoothness > 0).all()
     torch.manual_seed(0)
     plain = train(mlp(norm="batch", activation="relu"), split, steps=20, lr=0.1, eval_every=10)
     assert plain.val_accuracy == histories[0].val_accuracy
@@ -250,8 +253,9 @@ def test_compare_landscapes_uses_each_arms_rate_and_pairs_seeds():
 
 
 def test_compare_noisy_bn_chooses_each_rate_inside_its_slice_and_traces_noisier_inputs():
+    split = load_digits_split()
     result = compare_noisy_bn(
-        load_digits_split(),
+        split,
         seeds=(0, 1),
         steps=40,
         shift_noise=1.0,
@@ -259,8 +263,33 @@ def test_compare_noisy_bn_chooses_each_rate_inside_its_slice_and_traces_noisier_
         start=0.1,
         activation="relu",
         depth=2,
+        early_step=20,
     )
     res = result.results
+    # early_step: the same runs stopped at step 20, read on test. Reference: each run
+    # trained afresh for 20 steps with train() and evaluated on test.
+    assert result.early.lrs == res.lrs and result.early.seeds == res.seeds
+    builders = {
+        "none": lambda: mlp(norm="none", activation="relu", depth=2),
+        "batch": lambda: mlp(norm="batch", activation="relu", depth=2),
+        "noisy": lambda: noisy_mlp(0.5, 1.0, activation="relu", depth=2),
+    }
+    for arm, build in builders.items():
+        for seed, short, long in zip(res.seeds, result.early.histories[arm], res.histories[arm]):
+            assert short.steps == [0, 20]
+            assert short.val_accuracy == long.val_accuracy[:2]
+            torch.manual_seed(seed)
+            fresh = train(
+                build(),
+                split,
+                20,
+                batch_size=60,
+                lr=res.lrs[arm],
+                seed=seed,
+                eval_every=20,
+                train_accuracy=False,
+            )
+            assert short.test_accuracy == fresh.test_accuracy
     assert set(res.lrs) == {"none", "batch", "noisy"}
     for arm, choice in res.choices.items():
         assert choice.grid[0] < res.lrs[arm] < choice.grid[-1]
@@ -272,3 +301,35 @@ def test_compare_noisy_bn_chooses_each_rate_inside_its_slice_and_traces_noisier_
         return np.abs(np.diff(p[:, 1])).mean()
 
     assert jitter(result.percentiles["noisy"]) > 2 * jitter(result.percentiles["batch"])
+
+
+def test_compare_noisy_bn_refuses_an_early_step_off_the_evaluations():
+    for bad in (0, 40, 10, 45):  # 0 and the last step are not early; 10 and 45 not evaluated
+        with pytest.raises(ValueError, match="early_step"):
+            compare_noisy_bn(load_digits_split(), steps=40, eval_every=20, early_step=bad)
+
+
+def test_compare_noisy_bn_refuses_an_early_run_that_is_not_the_start_of_the_long_one(
+    monkeypatch,
+):
+    import bnlib.experiments.landscape as landscape
+
+    real_run = landscape.run
+
+    def run_one_step_off(arms, split, steps, seeds, lr):  # a short run that went elsewhere
+        results = real_run(arms, split, steps, seeds, lr=lr)
+        results.histories["noisy"][1].val_accuracy[-1] += 0.01
+        return results
+
+    monkeypatch.setattr(landscape, "run", run_one_step_off)
+    with pytest.raises(RuntimeError, match="arm 'noisy', seed 1.*not the start"):
+        compare_noisy_bn(
+            load_digits_split(),
+            seeds=(0, 1),
+            steps=40,
+            eval_every=20,
+            start=0.1,
+            activation="relu",
+            depth=2,
+            early_step=20,
+        )
