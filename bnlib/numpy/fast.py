@@ -8,9 +8,10 @@ a full pass over memory and each fresh large array costs page faults on its firs
 The functions here keep the math and the results but move the least data:
 
 * **Blocked passes.** The input is cut into contiguous blocks of about ``block_bytes``
-  (default 256 KiB, an eighth of a core's L2 cache). Every temporary lives in one
-  block-sized scratch array that stays in cache, so main memory sees only the reads of
-  ``x`` (and ``dy``) and the writes of the output.
+  (default 256 KiB, a quarter of a core's 1 MiB L2 cache on the machine the book is written
+  on). Every temporary lives in one block-sized scratch array that stays in cache (the
+  per-channel patterns below add up to four more blocks, which spill from L2 to L3), so main
+  memory sees only the reads of ``x`` (and ``dy``) and the writes of the output.
 * **Two passes over memory.** The statistics pass reads ``x`` once; the output pass reads
   ``x`` and writes ``y``: ``3S`` bytes for a tensor of ``S`` bytes, the least a two-pass
   method can move. The backward pass reads ``x`` and ``dy`` twice and writes ``dx``
@@ -71,8 +72,8 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_BYTES = 256 * 1024
-"""Bytes of input per block, chosen so a block, its scratch and up to four patterns fit in L2
-together."""
+"""Bytes of input per block: a quarter of a 1 MiB L2 cache, so a block and its scratch fit in
+L2 together; the up to four block-sized patterns spill to L3."""
 
 FOLD_MAX_OFFSET = 16.0
 """Largest ``max_c |mu_c| / sigma_c`` for which the output pass folds the mean into the shift
