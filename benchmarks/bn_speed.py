@@ -1,4 +1,5 @@
-"""Batch normalization speed at one thread: five implementations against a memory copy.
+"""Batch normalization speed at one thread: five implementations (two also with the other kind of
+output) against a memory copy.
 
 For float32 inputs of shape (4096, 1024), (64, 64, 56, 56) and (256, 128, 14, 14), the
 forward pass and the forward plus backward pass (training mode, affine) of
@@ -6,10 +7,17 @@ forward pass and the forward plus backward pass (training mode, affine) of
 * ``teaching``: ``bnlib.numpy.batch_norm_forward`` / ``batch_norm_backward``;
 * ``fast``: ``bnlib.numpy.batch_norm_forward_fast`` / ``batch_norm_backward_fast`` with
   reused ``out=`` buffers;
+* ``fast-fresh``: the same, allocating fresh outputs (no ``out=``), as ``native`` does;
 * ``bt-eager``: ``bnlib.torch.batch_norm`` with autograd;
 * ``bt-compiled``: the same under ``torch.compile`` (needs a C++ compiler);
-* ``native``: ``torch.nn.functional.batch_norm``, PyTorch's own CPU kernel;
+* ``native``: ``torch.nn.functional.batch_norm``, PyTorch's own CPU kernel, which allocates
+  a fresh output on every call;
+* ``native-out``: the same kernel through ``torch.ops.aten.native_batch_norm.out``, writing
+  into reused buffers (the backward's ``out=`` form is generated: it computes a fresh result
+  and copies it, so forward plus backward still allocates one array);
 
+(``fast`` against ``native-out`` compares kernels, ``fast-fresh`` against ``native`` the calls a
+user writes: a fresh output larger than glibc's 32 MiB mmap limit page-faults on every call)
 are timed in one process, one thread (``torch.set_num_threads(1)``; NumPy's BLAS limited to
 one thread with threadpoolctl and the usual environment variables), the implementations
 alternating within every repeat, medians reported. Bandwidth counts the bytes a two-pass
@@ -61,7 +69,7 @@ from bnlib.numpy import (  # noqa: E402
 FULL_SHAPES = [(4096, 1024), (64, 64, 56, 56), (256, 128, 14, 14)]
 QUICK_SHAPES = [(256, 64), (4, 16, 14, 14), (16, 32, 7, 7)]
 PASSES = {"forward": 3, "forward+backward": 8}  # bytes moved, in units of S
-VARIANTS = ["teaching", "fast", "bt-eager", "bt-compiled", "native"]
+VARIANTS = ["teaching", "fast", "fast-fresh", "bt-eager", "bt-compiled", "native", "native-out"]
 TARGETS = {
     "fast_vs_native": 1.0,
     "compiled_vs_native_nchw": 1.0,
@@ -116,7 +124,40 @@ def numpy_fns(x, gamma, beta, dy, backward: bool) -> dict:
         if backward:
             batch_norm_backward_fast(dy, cache, out=dx_buf)
 
-    return {"teaching": teaching, "fast": fast}
+    def fast_fresh():
+        y, cache = batch_norm_forward_fast(x, gamma, beta)
+        if backward:
+            batch_norm_backward_fast(dy, cache)
+
+    return {"teaching": teaching, "fast": fast, "fast-fresh": fast_fresh}
+
+
+def native_out_fn(x, gamma, beta, dy, backward: bool, eps: float = 1e-5):
+    """A callable running PyTorch's CPU kernel into reused buffers (aten's ``out=`` forms).
+
+    It returns its outputs ``(y, dx, dgamma, dbeta)`` (the last three ``None`` without
+    ``backward``), so that a test can compare them with ``F.batch_norm``.
+    """
+    xt, wt, bt_ = (torch.from_numpy(a.copy()) for a in (x, gamma, beta))
+    dyt = torch.from_numpy(dy)
+    c = xt.shape[1]
+    y, mean, invstd = torch.empty_like(xt), torch.empty(c), torch.empty(c)
+    dx, dw, db = torch.empty_like(xt), torch.empty(c), torch.empty(c)
+    aten = torch.ops.aten
+
+    def run():
+        aten.native_batch_norm.out(
+            xt, wt, bt_, None, None, True, 0.1, eps, out=y, save_mean=mean, save_invstd=invstd
+        )
+        if not backward:
+            return y, None, None, None
+        grads = dict(out0=dx, out1=dw, out2=db)  # dx, dgamma, dbeta
+        aten.native_batch_norm_backward.out(
+            dyt, xt, wt, None, None, mean, invstd, True, eps, [True] * 3, **grads
+        )
+        return y, dx, dw, db
+
+    return run
 
 
 def torch_fn(fn, x, gamma, beta, dy, backward: bool):
@@ -167,6 +208,7 @@ def build_cases(shapes, use_compile: bool, rng) -> list[Case]:
             else:
                 case.unavailable["bt-compiled"] = reason
             case.fns["native"] = torch_fn(F.batch_norm, x, gamma, beta, dy, backward)
+            case.fns["native-out"] = native_out_fn(x, gamma, beta, dy, backward)
             copy_dst = np.empty_like(x)
             case.fns["copy"] = lambda dst=copy_dst, src=x: np.copyto(dst, src)
             cases.append(case)
@@ -186,15 +228,18 @@ def warm_up(cases: list[Case]) -> None:
                 case.unavailable[name] = f"failed: {type(err).__name__}: {first[:80]}"
 
 
-def measure(cases: list[Case], repeats: int, clock) -> dict:
-    """Median seconds per (case key, variant); all variants of all cases alternate inside
-    every repeat (:func:`bnlib.timing.time_alternating`; ``warm_up`` ran them already)."""
+def measure(cases: list[Case], repeats: int, clock) -> tuple[dict, dict]:
+    """Median seconds and relative interquartile range per (case key, variant); all
+    variants of all cases alternate inside every repeat (:func:`bnlib.timing.time_alternating`;
+    ``warm_up`` ran them already)."""
     flat = {(c.key, name): fn for c in cases for name, fn in c.fns.items()}
     samples = time_alternating(flat, repeats=repeats, clock=clock, warmup=0)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    iqr = {k: float(np.subtract(*np.percentile(v, [75, 25]))) / med[k] for k, v in samples.items()}
+    return med, iqr
 
 
-def report(cases, med, args, blas: str) -> dict:
+def report(cases, med, args, blas: str, iqr: dict | None = None) -> dict:
     """Print the table and the targets; return the JSON summary."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(
@@ -223,6 +268,9 @@ def report(cases, med, args, blas: str) -> dict:
         "ratios_eager_vs_native": {},
         "bandwidth_fraction_native": {},
         "copy_bandwidth_gbps": {},
+        "ratios_fast_fresh_vs_native": {},
+        "ratios_native_out_vs_native": {},
+        "relative_iqr": {},  # variant -> case -> (q3 - q1) / median of its repeats
         "clock": args.clock,
         "repeats": args.repeats,
         "load_average_1min": round(load[0], 2),
@@ -233,6 +281,10 @@ def report(cases, med, args, blas: str) -> dict:
         t_native = med.get((case.key, "native"))
         moved = PASSES[case.pass_name] * case.nbytes
         summary["copy_bandwidth_gbps"][case.key] = round(copy_bw, 2)
+        if iqr is not None:
+            summary["relative_iqr"].setdefault("copy", {})[case.key] = round(
+                iqr[(case.key, "copy")], 3
+            )
         for name in VARIANTS:
             cells = [str(case.shape), case.pass_name, f"{copy_bw:.1f}", name]
             if name in case.unavailable:
@@ -241,6 +293,10 @@ def report(cases, med, args, blas: str) -> dict:
             t = med[(case.key, name)]
             bw = moved / t / 1e9
             ratio = t / t_native
+            if iqr is not None:
+                summary["relative_iqr"].setdefault(name, {})[case.key] = round(
+                    iqr[(case.key, name)], 3
+                )
             print(
                 "| "
                 + " | ".join(
@@ -257,6 +313,10 @@ def report(cases, med, args, blas: str) -> dict:
                 summary["ratios_eager_vs_native"][case.key] = round(ratio, 3)
             elif name == "native":
                 summary["bandwidth_fraction_native"][case.key] = round(bw / copy_bw, 3)
+            elif name == "fast-fresh":
+                summary["ratios_fast_fresh_vs_native"][case.key] = round(ratio, 3)
+            elif name == "native-out":
+                summary["ratios_native_out_vs_native"][case.key] = round(ratio, 3)
     print()
     fast_r = summary["ratios_fast_numpy_vs_native"]
     fast_bw = summary["bandwidth_fraction_fast_numpy"]
@@ -328,7 +388,8 @@ def main(argv=None) -> dict:
         QUICK_SHAPES if args.quick else FULL_SHAPES, not args.no_compile, np.random.default_rng(0)
     )
     warm_up(cases)
-    summary = report(cases, measure(cases, args.repeats, clock), args, blas)
+    med, iqr = measure(cases, args.repeats, clock)
+    summary = report(cases, med, args, blas, iqr)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     return summary

@@ -48,6 +48,10 @@ def test_quick_run_prints_table_targets_and_json_line():
             isinstance(v, (int, float)) and math.isfinite(v) and v > 0
             for v in summary[key].values()
         ), summary[key]
+    for key in ("ratios_fast_fresh_vs_native", "ratios_native_out_vs_native"):  # new arms
+        assert set(summary[key]) == expected, key
+    assert set(summary["relative_iqr"]) == set(bn_speed.VARIANTS) - {"bt-compiled"} | {"copy"}
+    assert all(set(v) == expected for v in summary["relative_iqr"].values())
     assert summary["repeats"] == 1
     table = [line for line in lines if line.startswith("| (")]
     assert len(table) == len(expected) * len(bn_speed.VARIANTS)
@@ -69,3 +73,28 @@ def test_missing_compiler_is_detected(monkeypatch):
     bn_speed = load_module()
     monkeypatch.setattr(bn_speed.shutil, "which", lambda name: None)
     assert "no C++ compiler" in bn_speed.compile_reason()
+
+
+def test_native_out_arm_computes_what_f_batch_norm_computes():
+    """The reused-buffer arm calls aten's out= forms; they must give F.batch_norm's results."""
+    import torch
+    import torch.nn.functional as F
+
+    bn_speed = load_module()
+    rng = np.random.default_rng(1)
+    for shape in [(16, 3), (4, 3, 5, 6)]:
+        x = rng.standard_normal(shape, dtype=np.float32) * 3 + 1
+        dy = rng.standard_normal(shape, dtype=np.float32)
+        gamma = rng.uniform(0.5, 1.5, shape[1]).astype(np.float32)
+        beta = rng.standard_normal(shape[1]).astype(np.float32)
+        xt, wt, bt_ = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, gamma, beta))
+        ref = F.batch_norm(xt, None, None, wt, bt_, training=True)
+        ref.backward(torch.from_numpy(dy))
+        run = bn_speed.native_out_fn(x, gamma, beta, dy, backward=True)
+        for _ in range(2):  # the second call reuses the buffers of the first
+            y, dx, dw, db = run()
+        for mine, theirs in ((y, ref), (dx, xt.grad), (dw, wt.grad), (db, bt_.grad)):
+            torch.testing.assert_close(mine, theirs.detach(), rtol=1e-5, atol=1e-5)
+        y_only = bn_speed.native_out_fn(x, gamma, beta, dy, backward=False)()
+        assert y_only[1:] == (None, None, None)
+        torch.testing.assert_close(y_only[0], ref.detach(), rtol=1e-5, atol=1e-5)
