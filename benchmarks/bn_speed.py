@@ -16,14 +16,15 @@ forward pass and the forward plus backward pass (training mode, affine) of
   into reused buffers (the backward's ``out=`` form is generated: it computes a fresh result
   and copies it, so forward plus backward still allocates one array);
 
-(``fast`` against ``native-out`` compares kernels, ``fast-fresh`` against ``native`` the calls a
-user writes: a fresh output larger than glibc's 32 MiB mmap limit page-faults on every call)
 are timed in one process, one thread (``torch.set_num_threads(1)``; NumPy's BLAS limited to
 one thread with threadpoolctl and the usual environment variables), the implementations
 alternating within every repeat, medians reported. Bandwidth counts the bytes a two-pass
 kernel moves: ``3S`` forward (read ``x`` twice, write ``y``) and ``8S`` forward plus backward, for a
 tensor of ``S`` bytes, and is given as a fraction of the bandwidth of ``np.copyto`` on the
-same tensor (``2S`` bytes) measured in the same repeats.
+same tensor (``2S`` bytes) measured in the same repeats. ``fast`` against ``native-out``
+compares kernels, ``fast-fresh`` against ``native`` the calls a user writes: a fresh output
+larger than glibc's 32 MiB mmap limit is not recycled and page-faults on every call. The
+JSON's ``relative_iqr`` gives each median's within-run spread.
 
 Usage::
 
