@@ -5,28 +5,33 @@ hidden layers of 100 sigmoid units) is trained for a fixed budget of SGD steps a
 learning rate on a log grid, for several seeds, and two things are recorded: the final test
 accuracy and whether the run diverged.
 
-A run *diverged* when its training loss became NaN or infinite, or when its mean training
-loss over the last evaluation window ends more than 10 % above ``log(num_classes)``, the loss
-of a uniform guess: the updates made the network confidently wrong, worse than knowing
-nothing. (A network that does not learn at all sits at about ``log(num_classes)``: that is
-"stuck", not "diverged".) A learning rate is *stable* when no seed diverged and the mean
-final test accuracy over seeds reached the target.
+A run *diverged* when its training loss became NaN or infinite, or when its last recorded
+training loss (:attr:`~bnlib.experiments.train.History.train_loss`: the mean over the steps
+since the previous evaluation, so over ``eval_every`` steps, one mini-batch when the run
+evaluates every step) is more than 10 % above ``log(num_classes)``, the loss of a uniform
+guess: the updates made the network confidently wrong, worse than knowing nothing. (A
+network that does not learn at all sits at about ``log(num_classes)``: that is "stuck", not
+"diverged".) A learning rate is *stable* when no seed diverged, and *usable* (within the
+run's budget) when it is stable and the mean final accuracy over seeds reached the target.
+
+:func:`check_usable` grades a reader's implementation of that rule (chapter 1's exercise).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..audit import CheckResult
 from .data import Split, load_digits_split
 from .models import mlp
 from .train import History, train
 
-__all__ = ["SweepResult", "is_diverged", "lr_sweep", "stable_range", "sweep_append",
-           "sweep_from_choice"]
+__all__ = ["SweepResult", "check_usable", "is_diverged", "is_usable", "lr_sweep",
+           "stable_range", "sweep_append", "sweep_from_choice"]
 
 
 def is_diverged(history: History, num_classes: int = 10, tolerance: float = 0.1) -> bool:
@@ -46,6 +51,97 @@ def is_diverged(history: History, num_classes: int = 10, tolerance: float = 0.1)
         return True
     final = history.train_loss[-1]
     return not math.isfinite(final) or final > (1.0 + tolerance) * math.log(num_classes)
+
+
+def is_usable(runs: Sequence[History], target: float) -> bool:
+    """Whether a learning rate is usable: no seed's run diverged (:func:`is_diverged`) and
+    the mean over seeds of the final validation accuracy reached ``target``.
+
+    .. math::
+        \\text{usable} = \\neg \\exists s\\colon \\text{diverged}_s
+        \\;\\wedge\\; \\frac{1}{S} \\sum_{s=1}^{S} a_s \\geq \\text{target}
+
+    Args:
+        runs: one finished run per seed at this learning rate, with validation accuracy.
+        target: the validation accuracy the seeds must reach on average.
+
+    Example:
+        >>> ok = History(train_loss=[float("nan"), 0.3], val_accuracy=[0.1, 0.95])
+        >>> stuck = History(train_loss=[float("nan"), 2.35], val_accuracy=[0.1, 0.1])
+        >>> is_usable([ok, ok], 0.9), is_usable([ok, stuck], 0.5), is_usable([ok, stuck], 0.9)
+        (True, True, False)
+    """
+    if not runs:
+        raise ValueError("expected at least one run (got none)")
+    if any(is_diverged(h) for h in runs):
+        return False
+    return bool(np.mean([h.final_val_accuracy for h in runs]) >= target)
+
+
+def _run(losses: Sequence[float], accuracies: Sequence[float], diverged: bool = False
+         ) -> History:
+    """A finished run of ``len(losses)`` evaluations after step 0 (grading cases)."""
+    steps = [50 * i for i in range(len(losses) + 1)]
+    return History(steps=steps, train_loss=[float("nan"), *losses],
+                   val_accuracy=[0.1, *accuracies], diverged=diverged)
+
+
+def _usable_cases() -> list[tuple[str, list[History], float]]:
+    """``(what it tests, runs, target)``: runs of three seeds that tell the rule apart from
+    the plausible wrong ones (accuracy only, no 10 % margin, best instead of final
+    accuracy, every seed on target, a training stopped by a non-finite loss)."""
+    good = _run([1.0, 0.3], [0.8, 0.95])
+    return [
+        ("every seed on target", [good, _run([0.9, 0.35], [0.8, 0.93]),
+                                  _run([1.1, 0.4], [0.7, 0.92])], 0.9),
+        ("mean below the target", [good, good, _run([1.2, 0.7], [0.6, 0.75])], 0.9),
+        ("one seed stuck near log 10 (not diverged), mean on target",
+         [good, good, _run([2.31, 2.35], [0.1, 0.1])], 0.6),
+        ("one seed confidently wrong: loss 13 % above log 10",
+         [good, good, _run([0.8, 2.6], [0.9, 0.85])], 0.9),
+        ("one seed stopped by a non-finite loss (History.diverged)",
+         [good, good, _run([0.5, 0.4], [0.9, 0.93], diverged=True)], 0.9),
+        ("final, not best, accuracy", [_run([0.3, 0.5], [0.97, 0.7])] * 3, 0.9),
+        ("every seed on a low target", [good] * 3, 0.5),
+    ]
+
+
+def check_usable(fn: Callable[[Sequence[History], float], bool]) -> CheckResult:
+    """Grade a reader's ``fn(runs, target) -> bool``, the rule of :func:`is_usable`.
+
+    ``runs`` holds one :class:`~bnlib.experiments.train.History` per seed (10 classes); the
+    answer must equal :func:`is_usable`'s on every grading case: runs built so that each
+    plausible wrong rule (accuracy only, no 10 % margin above ``log 10``, the best instead
+    of the final accuracy, every seed on target instead of the mean, ignoring
+    ``History.diverged``, any non-finite loss including step 0's NaN) fails at least one.
+
+    Args:
+        fn: the reader's rule.
+
+    Returns:
+        A :class:`~bnlib.audit.CheckResult`; ``value`` is the number of cases answered
+        wrongly, and ``evidence`` names each of them on a line of its own.
+
+    Example:
+        >>> check_usable(is_usable).evidence
+        'PASSED: the rule agrees with is_usable on all 7 cases'
+    """
+    cases = _usable_cases()
+    wrong = []
+    for what, runs, target in cases:
+        try:
+            answer = fn(runs, target)
+        except Exception as exc:  # the reader's code: report, do not crash the checker
+            return CheckResult("usable", False, f"FAILED: raised {type(exc).__name__} on "
+                               f"the case '{what}': {str(exc).splitlines()[0][:60]}",
+                               float(len(cases)))
+        if bool(answer) != is_usable(runs, target):
+            wrong.append(f"\n  '{what}' (expected {is_usable(runs, target)})")
+    if not wrong:
+        return CheckResult("usable", True, f"PASSED: the rule agrees with is_usable on "
+                           f"all {len(cases)} cases", 0.0)
+    return CheckResult("usable", False, f"FAILED on {len(wrong)} of {len(cases)} cases:"
+                       + "".join(wrong), float(len(wrong)))
 
 
 def stable_range(lrs: np.ndarray, ok: np.ndarray) -> tuple[float, float] | None:
@@ -95,15 +191,17 @@ class SweepResult:
     final_train_loss: dict[str, np.ndarray]
     diverged: dict[str, np.ndarray]
 
-    def stable(self, norm: str, target: float) -> np.ndarray:
-        """``(L,)``: no seed diverged and the mean final test accuracy over seeds is
-        >= ``target``."""
-        return (~self.diverged[norm].any(axis=1)
-                & (self.final_test_accuracy[norm].mean(axis=1) >= target))
+    def stable(self, norm: str) -> np.ndarray:
+        """``(L,)``: no seed diverged."""
+        return ~self.diverged[norm].any(axis=1)
 
-    def stable_range(self, norm: str, target: float) -> tuple[float, float] | None:
-        """:func:`stable_range` of :meth:`stable`."""
-        return stable_range(self.lrs, self.stable(norm, target))
+    def usable(self, norm: str, target: float) -> np.ndarray:
+        """``(L,)``: stable, and the mean final test accuracy over seeds is >= ``target``."""
+        return self.stable(norm) & (self.final_test_accuracy[norm].mean(axis=1) >= target)
+
+    def usable_range(self, norm: str, target: float) -> tuple[float, float] | None:
+        """:func:`stable_range` of :meth:`usable`."""
+        return stable_range(self.lrs, self.usable(norm, target))
 
 
 def lr_sweep(lrs: Sequence[float], norms: Sequence[str] = ("none", "batch"),
@@ -180,7 +278,7 @@ def sweep_from_choice(choice, target: float) -> dict[str, np.ndarray]:
     lrs = np.array(choice.grid)
     acc = np.array([[h.final_val_accuracy for h in choice.histories[lr]] for lr in choice.grid])
     div = np.array([[is_diverged(h) for h in choice.histories[lr]] for lr in choice.grid])
-    usable = ~div.any(axis=1) & (acc.mean(axis=1) >= target)
+    usable = np.array([is_usable(choice.histories[lr], target) for lr in choice.grid])
     return {"lrs": lrs, "accuracy": acc, "diverged": div, "usable": usable}
 
 
@@ -213,7 +311,7 @@ def sweep_append(table: dict[str, np.ndarray], lr: float, histories, target: flo
                          f"(got {len(histories)})")
     acc = np.array([h.final_val_accuracy for h in histories])
     div = np.array([is_diverged(h) for h in histories])
-    usable = not div.any() and acc.mean() >= target
+    usable = is_usable(histories, target)
     return {"lrs": np.append(table["lrs"], lr),
             "accuracy": np.vstack([table["accuracy"], acc]),
             "diverged": np.vstack([table["diverged"], div]),
