@@ -174,17 +174,22 @@ class NoisyBNResult:
         percentiles: ``variant -> (steps, 3)`` array: 15th/50th/85th percentiles of unit 0 of the
             last hidden layer's normalized output (the input of its activation) at every
             training step, first seed, for ``"batch"`` and ``"noisy"``.
+        early: with ``early_step``, the same runs stopped after ``early_step`` steps (same
+            seeds, rates and batches) with their test accuracy there: training speed read on
+            test, not on the validation split that chose the rates. ``None`` otherwise.
     """
 
     results: Results
     percentiles: dict[str, np.ndarray] = field(default_factory=dict)
+    early: Results | None = None
 
 
 def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int = 300,
                      batch_size: int = 60, scale_noise: float = 0.5, shift_noise: float = 0.5,
                      eval_every: int = 25, start: float = 0.3,
                      metric: str = "mean_val_accuracy",
-                     report_seeds: Sequence[int] | None = None, **mlp_kwargs) -> NoisyBNResult:
+                     report_seeds: Sequence[int] | None = None, early_step: int | None = None,
+                     **mlp_kwargs) -> NoisyBNResult:
     """Train a plain MLP, the same MLP with BN, and with noisy BN, each at its own rate.
 
     Each arm's learning rate is chosen on validation by
@@ -198,6 +203,13 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
     the runs reproduce on other CPUs). The percentiles are recorded by
     running seed ``seeds[0]`` again at the chosen rate (the same run, deterministic).
 
+    The choice rewards the validation accuracy at every evaluation, so an early validation
+    accuracy of the reported runs is read on the split that chose the rates. ``early_step``
+    asks for the test accuracy after that many steps instead: every reported run is
+    trained again for ``early_step`` steps at its rate, which (plain SGD at a constant rate,
+    the same batches and noise draws) is the start of the long run; the function checks
+    that the validation accuracies at ``early_step`` agree exactly.
+
     Args:
         split: the data, with a validation set.
         seeds: at least 3 for the protocol. Default: ``(0, 1, 2)``.
@@ -209,11 +221,16 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
         report_seeds: the seeds whose runs at the chosen rates are reported (a superset of
             ``seeds``, see :func:`bnlib.experiments.batch_size.batch_size_sweep`). Default:
             ``None`` (= ``seeds``).
+        early_step: a step of the run's evaluations (a multiple of ``eval_every`` below
+            ``steps``) at which to read the test accuracy too, or ``None``. Default: ``None``.
         **mlp_kwargs: passed to :func:`bnlib.experiments.mlp` (``depth``, ``activation``, ...).
 
     Returns:
         A :class:`NoisyBNResult`.
     """
+    if early_step is not None and not (0 < early_step < steps and early_step % eval_every == 0):
+        raise ValueError(f"expected early_step a multiple of eval_every={eval_every} in "
+                         f"(0, {steps}) (got {early_step})")
     builders = {"none": lambda: mlp(norm="none", **mlp_kwargs),
                 "batch": lambda: mlp(norm="batch", **mlp_kwargs),
                 "noisy": lambda: noisy_mlp(scale_noise, shift_noise, **mlp_kwargs)}
@@ -226,6 +243,20 @@ def compare_noisy_bn(split: Split, seeds: Sequence[int] = (0, 1, 2), steps: int 
         results = run(arms, split, steps, report_seeds, lr=dict(chosen.lrs))
         results.choices = chosen.choices
     out = NoisyBNResult(results)
+    if early_step is not None:
+        out.early = run(arms, split, early_step, results.seeds, lr=dict(results.lrs))
+        for name, long_runs in results.histories.items():
+            for seed, short, long in zip(results.seeds, out.early.histories[name], long_runs):
+                if early_step in long.steps:  # (not when the long run diverged before)
+                    same = short.val_accuracy[-1] == long.val_accuracy[long.steps.index(
+                        early_step)]
+                else:
+                    same = short.diverged
+                if not same:
+                    raise RuntimeError(
+                        f"arm {name!r}, seed {seed}: the {early_step}-step run is not the start "
+                        f"of the {steps}-step run (another validation accuracy at step "
+                        f"{early_step}): the training is not deterministic")
     for name in ("batch", "noisy"):
         torch.manual_seed(seeds[0])
         model = builders[name]()
