@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import textwrap
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from bnlib.report import below
 
 __all__ = [
     "CHECKS", "DEFECTS", "CheckResult", "CorrectedBatchNorm1d",
@@ -60,9 +63,12 @@ class NaiveBatchNorm1d(nn.Module):
     * ``running_mean`` and ``running_var`` are plain tensor attributes, not buffers: they are
       missing from ``state_dict()`` and ``.to()`` does not move or convert them;
     * the running statistics are computed from the input without ``detach()``, so they carry
-      autograd history that grows by one graph per step and keeps old inputs alive;
-    * it reduces over axis 0 only, so a ``(N, C, L)`` input gets per-position statistics (or
-      a shape error) and a 4-D input is not refused;
+      autograd history that grows by one graph per step (after ``backward()`` only the
+      nodes; without a backward pass, every earlier input too);
+    * it reduces over axis 0 only: a ``(N, C, L)`` or 4-D input raises a shape error for
+      most sizes, but when ``L = 1`` or ``L = C`` (or a 4-D input's last size is ``C``)
+      its statistics and :math:`\\gamma`, :math:`\\beta` broadcast along the wrong axis, and
+      it returns wrong values, or a wrong shape, without an error;
     * a training batch of one sample gives :math:`s_B^2 = 0/0` = NaN instead of an error.
 
     :class:`CorrectedBatchNorm1d` is the same module with each of these changed.
@@ -156,7 +162,8 @@ class CorrectedBatchNorm1d(nn.Module):
 
     def forward(self, x):
         if x.dim() not in (2, 3):  # validate once, in torch's words
-            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+            raise ValueError(
+                f"expected 2D or 3D input (got {x.dim()}D input)")
         dims = (0,) if x.dim() == 2 else (0, 2)  # over N, or N and L
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1)
         if self.training:
@@ -172,7 +179,8 @@ class CorrectedBatchNorm1d(nn.Module):
                 self.num_batches_tracked += 1
         else:
             mean, var = self.running_mean, self.running_var
-        x_hat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        mean, var = mean.view(shape), var.view(shape)
+        x_hat = (x - mean) / torch.sqrt(var + self.eps)
         return self.weight.view(shape) * x_hat + self.bias.view(shape)
 
     def extra_repr(self) -> str:
@@ -330,37 +338,91 @@ def check_backward_through_eval_after_training(module_cls: ModuleClass,
 
 
 def check_accepts_3d_input(module_cls: ModuleClass, num_features: int = 3,
-                           length: int = 5) -> CheckResult:
+                           lengths: tuple[int, ...] | None = None) -> CheckResult:
     """A ``(N, C, L)`` input is normalized per channel over ``N`` and ``L``, as by
-    ``torch.nn.BatchNorm1d``, in training and then in evaluation mode."""
-    x = _inputs((4, num_features, length))
-    module, reference = module_cls(num_features).double(), nn.BatchNorm1d(num_features).double()
-    try:
-        with torch.no_grad():
-            diffs = [float((module(x) - reference(x)).abs().max())]
-            module.eval(), reference.eval()
-            diffs.append(float((module(x) - reference(x)).abs().max()))
-    except (RuntimeError, ValueError) as exc:
-        return CheckResult("accepts_3d_input", False, _error(exc))
-    passed = max(diffs) <= 1e-10
-    return CheckResult("accepts_3d_input", passed,
-                       f"max |y - y_torch| train {diffs[0]:.2e}, eval {diffs[1]:.2e}",
-                       max(diffs))
+    ``torch.nn.BatchNorm1d``, in training and then in evaluation mode.
+
+    Each length is probed with a fresh module. ``L = 1`` and ``L = C`` are in the default
+    probe because a module that reduces over ``N`` only raises a shape error for most
+    lengths but not for these: its ``(C, L)`` statistics and ``(C,)`` parameters then
+    broadcast along the wrong axis, and it returns wrong values, or a wrong shape, without
+    an error.
+
+    Args:
+        module_cls: called as ``module_cls(num_features)``.
+        num_features: ``C``. Default: ``3``.
+        lengths: the lengths ``L`` to probe. Default: ``(5, 1, num_features)``.
+    """
+    lengths = (5, 1, num_features) if lengths is None else tuple(lengths)
+    outcomes, diffs = [], []
+    for length in lengths:
+        x = _inputs((4, num_features, length))
+        module = module_cls(num_features).double()
+        reference = nn.BatchNorm1d(num_features).double()
+        try:
+            with torch.no_grad():
+                train = module(x), reference(x)
+                module.eval(), reference.eval()
+                evaluation = module(x), reference(x)
+        except (RuntimeError, ValueError) as exc:
+            outcomes.append((length, False, _error(exc)))
+            continue
+        wrong = [tuple(y.shape) for y, _ in (train, evaluation) if y.shape != x.shape]
+        if wrong:
+            outcomes.append((length, False, f"no error, output shape {wrong[0]} for input "
+                                            f"{tuple(x.shape)}"))
+            continue
+        d = [float((y - y_ref).abs().max()) for y, y_ref in (train, evaluation)]
+        diffs.append(max(d))
+        ok = max(d) <= 1e-10
+        outcomes.append((length, ok, f"{'' if ok else 'no error, '}max |y - y_torch| "
+                                     f"train {below(d[0])}, eval {below(d[1])}"))
+    passed = all(ok for _, ok, _ in outcomes)
+    return CheckResult("accepts_3d_input", passed, _per_probe(outcomes, "L = "),
+                       max(diffs) if diffs else None)
 
 
-def check_refuses_4d_input(module_cls: ModuleClass, num_features: int = 3) -> CheckResult:
-    """A 4-D input raises ``ValueError: expected 2D or 3D input (got 4D input)``."""
-    x = _inputs((4, num_features, 2, 2))
-    try:
-        with torch.no_grad():
-            y = module_cls(num_features).double()(x)
-    except ValueError as exc:
-        passed = "expected 2D or 3D input (got 4D input)" in str(exc)
-        return CheckResult("refuses_4d_input", passed, _error(exc))
-    except RuntimeError as exc:
-        return CheckResult("refuses_4d_input", False, f"not a clear ValueError: {_error(exc)}")
-    return CheckResult("refuses_4d_input", False,
-                       f"no error; returned a tensor of shape {tuple(y.shape)}")
+def _per_probe(outcomes: list[tuple[object, bool, str]], label: str = "") -> str:
+    """``"L = 5: ...; L = 1: ..."``, or one text for all probes where they agree."""
+    texts = {text for _, _, text in outcomes}
+    if len(texts) == 1:
+        probes = ", ".join(str(probe) for probe, _, _ in outcomes)
+        return f"{label}{probes}: {texts.pop()}"
+    return "; ".join(f"{label}{probe}: {text}" for probe, _, text in outcomes)
+
+
+def check_refuses_4d_input(module_cls: ModuleClass, num_features: int = 3,
+                           shapes: tuple[tuple[int, ...], ...] | None = None) -> CheckResult:
+    """A 4-D input raises ``ValueError: expected 2D or 3D input (got 4D input)``.
+
+    The default probe includes a last size equal to ``C``, where a module that reduces over
+    ``N`` only broadcasts its ``(C,)`` parameters along the last axis and returns a tensor
+    without an error.
+
+    Args:
+        module_cls: called as ``module_cls(num_features)``.
+        num_features: ``C``. Default: ``3``.
+        shapes: the 4-D input shapes to probe. Default: ``((4, C, 2, 2), (2, C, 4, C))``.
+    """
+    if shapes is None:
+        shapes = ((4, num_features, 2, 2), (2, num_features, 4, num_features))
+    outcomes = []
+    for shape in shapes:
+        x = _inputs(tuple(shape))
+        try:
+            with torch.no_grad():
+                y = module_cls(num_features).double()(x)
+        except ValueError as exc:
+            ok = "expected 2D or 3D input (got 4D input)" in str(exc)
+            outcomes.append((shape, ok, _error(exc)))
+        except RuntimeError as exc:
+            outcomes.append((shape, False, f"not a clear ValueError: {_error(exc)}"))
+        else:
+            outcomes.append((shape, False,
+                             f"no error; returned a tensor of shape {tuple(y.shape)}"))
+    passed = all(ok for _, ok, _ in outcomes)
+    return CheckResult("refuses_4d_input", passed,
+                       _per_probe([(tuple(shape), ok, text) for shape, ok, text in outcomes]))
 
 
 def check_refuses_batch_of_one(module_cls: ModuleClass, num_features: int = 3) -> CheckResult:
@@ -422,7 +484,7 @@ DEFECTS: dict[str, tuple[str, str]] = {
         "4-D input: ValueError 'expected 2D or 3D input (got 4D input)'",
         "check x.dim() first in forward and raise ValueError in torch's words"),
     "refuses_batch_of_one": (
-        "training on one sample: ValueError 'Expected more than 1 value per channel'",
+        "one training sample: ValueError 'Expected more than 1 value per channel'",
         "raise ValueError when N * L < 2 in training mode"),
 }
 
@@ -446,7 +508,7 @@ def grade(module_cls: ModuleClass) -> list[CheckResult]:
         PASS  backward in eval mode after a training step works
         PASS  (N, C, L) input: statistics per channel over N and L
         PASS  4-D input: ValueError 'expected 2D or 3D input (got 4D input)'
-        PASS  training on one sample: ValueError 'Expected more than 1 value per channel'
+        PASS  one training sample: ValueError 'Expected more than 1 value per channel'
         8 of 8 checks pass
     """
     results = run_audit(module_cls)
@@ -454,7 +516,9 @@ def grade(module_cls: ModuleClass) -> list[CheckResult]:
         title, hint = DEFECTS[r.name]
         print(f"{'PASS' if r.passed else 'FAIL'}  {title}")
         if not r.passed:
-            print(f"      measured: {r.evidence[:160]}\n      hint: {hint}")
+            for label, text in (("measured", r.evidence), ("hint", hint)):
+                print(textwrap.fill(f"{label}: {text}", 79, initial_indent=" " * 6,
+                                    subsequent_indent=" " * 8))
     print(f"{sum(r.passed for r in results)} of {len(results)} checks pass")
     return results
 
@@ -506,9 +570,14 @@ def format_audit(results: dict[str, list[CheckResult]]) -> str:
 
 def torch_channels_last_grad_bug(seed: int = 0) -> dict[str, dict[str, Tensor]]:
     """A bug of torch's own CPU kernel that differential testing finds: training-mode
-    ``BatchNorm2d`` gradients for an input whose size-1 dims make its strides look
-    channels_last, ``torch.as_strided(t, (1, 2, 1, 3), (1, 1, 2, 2))``, with a contiguous
+    ``BatchNorm2d`` gradients for an input stored channels-last whose size-1 dims carry
+    unusual strides, ``torch.as_strided(t, (1, 2, 1, 3), (1, 1, 2, 2))``, with a contiguous
     ``dy``.
+
+    The input's memory is in channels-last (NHWC) order: element ``(c, w)`` sits at offset
+    ``c + 2 w``. Only the strides of its two size-1 dims are unusual: a tensor that torch
+    itself makes channels-last with this shape has strides ``(6, 1, 6, 2)``, and the same
+    memory viewed with those strides gets the right gradients.
 
     The bias gradient of batch norm is :math:`\\partial L / \\partial \\beta_c = \\sum_i
     g_{ic}`, whatever the layout; torch 2.13 returns other numbers for this input, while a
@@ -519,7 +588,9 @@ def torch_channels_last_grad_bug(seed: int = 0) -> dict[str, dict[str, Tensor]]:
         seed: seeds the input and ``dy``. Default: ``0``.
 
     Returns:
-        ``{"torch": ..., "contiguous_copy": ..., "bnlib": ...}``, each a dict with
+        ``{"torch": ..., "contiguous_copy": ..., "usual_strides": ..., "bnlib": ...}``:
+        ``torch.nn`` on the input, on a contiguous copy, on the same memory with strides
+        ``(6, 1, 6, 2)``, and ``bnlib.torch`` on the input; each a dict with
         ``input_grad``, ``weight_grad``, ``bias_grad`` and ``sum_dy`` (the right bias grad).
 
     Example:
@@ -534,10 +605,13 @@ def torch_channels_last_grad_bug(seed: int = 0) -> dict[str, dict[str, Tensor]]:
     values = torch.randn(6, generator=generator)
     dy = torch.randn(1, 2, 1, 3, generator=generator)  # contiguous
     answers = {}
-    for name, module_cls, contiguous in (("torch", nn.BatchNorm2d, False),
-                                         ("contiguous_copy", nn.BatchNorm2d, True),
-                                         ("bnlib", bt.BatchNorm2d, False)):
-        x = torch.as_strided(values.clone(), (1, 2, 1, 3), (1, 1, 2, 2))
+    unusual, usual = (1, 1, 2, 2), (6, 1, 6, 2)  # the same offsets: c + 2 w
+    for name, module_cls, strides, contiguous in (
+            ("torch", nn.BatchNorm2d, unusual, False),
+            ("contiguous_copy", nn.BatchNorm2d, unusual, True),
+            ("usual_strides", nn.BatchNorm2d, usual, False),
+            ("bnlib", bt.BatchNorm2d, unusual, False)):
+        x = torch.as_strided(values.clone(), (1, 2, 1, 3), strides)
         x = (x.contiguous() if contiguous else x).requires_grad_()
         bn = module_cls(2)
         bn(x).backward(dy)

@@ -27,6 +27,7 @@ from bnlib.audit import (
     count_graph_nodes,
     format_audit,
     run_audit,
+    torch_channels_last_grad_bug,
 )
 
 CORRECT = {
@@ -132,6 +133,54 @@ def test_each_check_catches_its_single_defect(defect, check):
     assert not check(_with(defect)).passed
 
 
+@pytest.mark.parametrize(
+    "length, silent", [(1, "no error, output shape (4, 3, 3)"), (3, "no error, max")]
+)
+def test_naive_module_is_silently_wrong_when_the_length_is_one_or_c(length, silent):
+    # The naive module raises a shape error for most lengths, but at L = 1 and L = C its
+    # statistics broadcast along the wrong axis: wrong values or shape, and no error.
+    result = check_accepts_3d_input(NaiveBatchNorm1d, lengths=(length,))
+    assert not result.passed and silent in result.evidence, result.evidence
+    assert "L = 1: no error" in check_accepts_3d_input(NaiveBatchNorm1d).evidence
+    for module_cls in CORRECT.values():
+        assert check_accepts_3d_input(module_cls, lengths=(length,)).passed
+
+
+def test_naive_module_returns_a_tensor_for_4d_input_whose_last_size_is_c():
+    result = check_refuses_4d_input(NaiveBatchNorm1d, shapes=((2, 3, 4, 3),))
+    assert not result.passed
+    assert result.evidence == "(2, 3, 4, 3): no error; returned a tensor of shape (2, 3, 4, 3)"
+    assert "not a clear ValueError" in check_refuses_4d_input(NaiveBatchNorm1d).evidence
+
+
+def test_3d_check_catches_a_module_wrong_only_at_length_one():
+    # A module right for L > 1 but not for L = 1 passes a probe of L = 5 alone, and fails
+    # the default probe.
+    class WrongAtOne(nn.BatchNorm1d):
+        def forward(self, x):
+            y = super().forward(x)
+            return y * 2 if x.dim() == 3 and x.shape[2] == 1 else y
+
+    assert check_accepts_3d_input(WrongAtOne, lengths=(5,)).passed
+    assert not check_accepts_3d_input(WrongAtOne).passed
+
+
+def test_torch_bug_input_is_channels_last_with_unusual_strides():
+    # The bug's input is stored channels-last; only its size-1 dims' strides are unusual.
+    # The same memory with torch's own channels-last strides gets the right gradients.
+    assert torch.empty(1, 2, 1, 3).contiguous(memory_format=torch.channels_last).stride() == (
+        6,
+        1,
+        6,
+        2,
+    )
+    answers = torch_channels_last_grad_bug()
+    right = answers["contiguous_copy"]
+    for key in ("input_grad", "weight_grad", "bias_grad"):
+        torch.testing.assert_close(answers["usual_strides"][key], right[key])
+    assert not torch.allclose(answers["torch"]["bias_grad"], right["bias_grad"], atol=1e-3)
+
+
 def test_format_audit_table():
     table = format_audit(
         {"naive": run_audit(NaiveBatchNorm1d), "torch.nn": run_audit(nn.BatchNorm1d)}
@@ -172,6 +221,7 @@ def test_grade_prints_a_verdict_and_a_hint_per_failed_check(capsys):
     assert out[-1] == f"0 of {len(CHECKS)} checks pass"
     assert sum(line.startswith("FAIL") for line in out) == len(CHECKS)
     assert sum(line.strip().startswith("hint:") for line in out) == len(CHECKS)
+    assert max(len(line) for line in out) <= 79  # wrapped for a notebook
     assert [r.name for r in results] == list(DEFECTS)
     grade(CorrectedBatchNorm1d)
     out = capsys.readouterr().out.splitlines()

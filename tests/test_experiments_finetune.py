@@ -1,5 +1,6 @@
 """Rule 5 of chapter 4: the fine-tuning options prepare batch norm as they say."""
 
+import pytest
 import torch
 
 from bnlib.experiments import load_digits_split, run
@@ -67,3 +68,21 @@ def test_finetune_arms_build_in_the_pretraining_split_dtype():
     net = finetune_arms(pre, ft, pretrain_lr=0.1, pretrain_steps=5)[2].build()
     assert {p.dtype for p in net.parameters()} == {torch.float64}
     assert all(m.running_mean.dtype == torch.float64 for m in batch_norm_layers(net))
+
+
+def test_a_last_bit_change_grows_with_two_sample_statistics_and_not_with_fixed_ones():
+    # float64, so that "rounding level" is about 1e-16; the frozen and recomputed networks
+    # carry a one-ulp change of their first weights through fine-tuning at about that
+    # level, the updated one (two-sample statistics in training mode) amplifies it.
+    from bnlib.experiments.finetune import last_bit_sensitivity
+    from bnlib.experiments.precision import double_split
+
+    split = double_split(load_digits_split())
+    pre, ft = class_subset(split, range(5)), class_subset(split, range(5, 10))
+    arms = {a.name: a for a in finetune_arms(pre, ft, pretrain_lr=0.1, pretrain_steps=50)}
+    change = {n: last_bit_sensitivity(a, ft, steps=100, lr=0.1) for n, a in arms.items()}
+    assert change["frozen"] < 1e-11 and change["recomputed"] < 1e-11, change
+    assert change["updated"] > 1e-2, change
+    no_val = type(ft)(ft.x_train, ft.y_train, ft.x_test, ft.y_test, None, None)
+    with pytest.raises(ValueError, match="validation"):
+        last_bit_sensitivity(arms["frozen"], no_val, steps=1, lr=0.1)

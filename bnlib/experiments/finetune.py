@@ -1,9 +1,9 @@
-"""Rule 5 of chapter 4: batch-norm statistics when fine-tuning with small batches on
-shifted data.
+"""Rule 5 of chapter 4: batch-norm statistics when fine-tuning with small batches on new
+data (here new classes).
 
 A network with batch norm is pretrained on digits 0-4 with batches of 60 and fine-tuned on
-digits 5-9 (new classes, and a shifted input distribution: the statistics every batch-norm
-layer sees change) with batches of 2. Three options for the statistics, each an arm of
+digits 5-9 (new classes, whose inputs also change the statistics every batch-norm layer
+sees) with batches of 2. Three options for the statistics, each an arm of
 :func:`bnlib.experiments.protocol.run` with its own learning rate
 (``FINETUNE_OPTIONS``):
 
@@ -13,6 +13,9 @@ layer sees change) with batches of 2. Three options for the statistics, each an 
   (:class:`~bnlib.experiments.frozen_bn.FrozenStatsBatchNorm`);
 - ``"recomputed"``: statistics recomputed on the fine-tuning data with the pretrained
   weights (:func:`bnlib.torch.recompute_bn_stats`), then fixed.
+
+:func:`last_bit_sensitivity` measures how far a last-bit change of the weights carries
+through fine-tuning: far with two-sample statistics, not at all with fixed ones.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .precision import cast_like
 from .protocol import Arm
 from .train import train
 
-__all__ = ["FINETUNE_OPTIONS", "class_subset", "finetune_arms"]
+__all__ = ["FINETUNE_OPTIONS", "class_subset", "finetune_arms", "last_bit_sensitivity"]
 
 FINETUNE_OPTIONS = ("updated", "frozen", "recomputed")
 
@@ -116,3 +119,65 @@ def finetune_arms(pretrain: Split, finetune: Split, pretrain_lr: float,
     return [Arm(o, lambda o=o: build(o),
                 train_kwargs={"batch_size": batch_size, "eval_every": eval_every})
             for o in FINETUNE_OPTIONS]
+
+
+def last_bit_sensitivity(arm: Arm, finetune: Split, steps: int, lr: float, seed: int = 0,
+                         batch_size: int = 2) -> float:
+    """How much a last-bit change of the first weight matrix moves the fine-tuned network.
+
+    Builds ``arm``'s network for ``seed`` twice, the second time with its first parameter
+    multiplied by :math:`1 + 2^{-52}` (one unit in the last place of a float64, about
+    what another CPU's kernels change), fine-tunes both alike on ``finetune`` (the same
+    batches, ``steps`` steps at ``lr``) and returns the relative change of the
+    validation logits,
+
+    .. math::
+
+        \\frac{\\max |z' - z|}{\\max |z|} .
+
+    Batch norm over two samples is a steep function of the difference of the two inputs
+    (slope up to :math:`1/(2\\sqrt{\\epsilon})` per layer), so in training mode the change
+    grows from step to step; with fixed statistics it stays at rounding level.
+
+    Args:
+        arm: one of :func:`finetune_arms`.
+        finetune: the fine-tuning data (with a validation part).
+        steps: fine-tuning steps.
+        lr: the learning rate of both runs.
+        seed: seeds the network (as the runner does) and the batch order. Default: ``0``.
+        batch_size: the fine-tuning batch size. Default: ``2``.
+
+    Returns:
+        The relative change of the validation logits, ``>= 0``.
+
+    Raises:
+        ValueError: ``finetune`` has no validation part, or a run diverged.
+
+    Example:
+        >>> from bnlib.experiments import load_digits_split
+        >>> from bnlib.experiments.precision import double_split
+        >>> s = double_split(load_digits_split())
+        >>> new = class_subset(s, range(5, 10))
+        >>> arms = finetune_arms(class_subset(s, range(5)), new, pretrain_lr=0.1,
+        ...                      pretrain_steps=20)
+        >>> last_bit_sensitivity(arms[1], new, steps=20, lr=0.1) < 1e-9  # frozen
+        True
+    """
+    if finetune.x_val is None:
+        raise ValueError("last_bit_sensitivity needs a split with a validation part")
+    logits = []
+    for perturb in (False, True):
+        torch.manual_seed(seed)
+        model = arm.build()
+        if perturb:
+            with torch.no_grad():
+                next(model.parameters()).mul_(1 + 2.0 ** -52)
+        train(model, finetune, steps, batch_size=batch_size, lr=lr, seed=seed,
+              eval_every=steps, test=False, train_accuracy=False)
+        model.eval()
+        with torch.no_grad():
+            logits.append(model(finetune.x_val))
+    z, z_changed = logits
+    if not (torch.isfinite(z).all() and torch.isfinite(z_changed).all()):
+        raise ValueError(f"fine-tuning diverged at lr={lr}: choose a smaller rate")
+    return float((z_changed - z).abs().max() / z.abs().max())
