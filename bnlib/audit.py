@@ -144,9 +144,10 @@ class CorrectedBatchNorm1d(nn.Module):
     Example:
         >>> bn, ref = CorrectedBatchNorm1d(3), nn.BatchNorm1d(3)
         >>> x = torch.randn(4, 3, 5)
-        >>> torch.allclose(bn(x), ref(x), atol=1e-6), sorted(bn.state_dict()) == sorted(
-        ...     ref.state_dict())
-        (True, True)
+        >>> bool(torch.allclose(bn(x), ref(x), atol=1e-6))
+        True
+        >>> sorted(bn.state_dict()) == sorted(ref.state_dict())
+        True
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
@@ -554,7 +555,8 @@ def format_audit(results: dict[str, list[CheckResult]]) -> str:
         results: module name to its :func:`run_audit` results (same checks, same order).
 
     Example:
-        >>> print(format_audit({"torch.nn": run_audit(nn.BatchNorm1d)}).splitlines()[0])
+        >>> table = format_audit({"torch.nn": run_audit(nn.BatchNorm1d)})
+        >>> print(table.splitlines()[0])
         check                                 torch.nn
     """
     names = list(results)

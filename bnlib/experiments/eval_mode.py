@@ -59,7 +59,8 @@ def companion_effect(model: nn.Module, sample: Tensor, pool: Tensor, num_batches
     Example:
         >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-        >>> e = companion_effect(net, torch.randn(3), torch.randn(20, 3), num_batches=4)
+        >>> e = companion_effect(net, torch.randn(3), torch.randn(20, 3),
+        ...                      num_batches=4)
         >>> tuple(e.train_probs.shape), bool((e.eval_probs == e.eval_probs[0]).all())
         ((4, 2), True)
     """
@@ -91,7 +92,9 @@ def train_mode_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-        >>> 0.0 <= train_mode_accuracy(net, torch.randn(16, 3), torch.zeros(16).long()) <= 1.0
+        >>> acc = train_mode_accuracy(net, torch.randn(16, 3),
+        ...                           torch.zeros(16).long())
+        >>> 0.0 <= acc <= 1.0
         True
     """
     net = copy.deepcopy(model).train()

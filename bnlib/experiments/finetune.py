@@ -89,7 +89,8 @@ def finetune_arms(pretrain: Split, finetune: Split, pretrain_lr: float,
     Example:
         >>> from bnlib.experiments import load_digits_split
         >>> s = load_digits_split()
-        >>> arms = finetune_arms(class_subset(s, range(5)), class_subset(s, range(5, 10)),
+        >>> arms = finetune_arms(class_subset(s, range(5)),
+        ...                      class_subset(s, range(5, 10)),
         ...                      pretrain_lr=0.1, pretrain_steps=10)
         >>> _ = torch.manual_seed(0)
         >>> [arm.name for arm in arms], type(arms[1].build()[1]).__name__

@@ -57,7 +57,8 @@ def freeze_batch_norm_stats(model: nn.Module) -> nn.Module:
     :class:`FrozenStatsBatchNorm` around it (idempotent); return ``model``.
 
     Example:
-        >>> net = freeze_batch_norm_stats(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> net = freeze_batch_norm_stats(net)
         >>> type(net[1]).__name__
         'FrozenStatsBatchNorm'
     """
