@@ -180,7 +180,7 @@ def local_and_sync_accuracy(rank: int, world_size: int, per_process_batches: Seq
 
     Example:
         >>> from bnlib.experiments.data_parallel import launch
-        >>> r0, r1 = launch(local_and_sync_accuracy, 2, (4,), (0,), 2)  # doctest: +SKIP
+        >>> launch(local_and_sync_accuracy, 2, (4,), (0,), 2)  # doctest: +SKIP
     """
     split = double_split(load_digits_split())
     report_seeds = tuple(seeds) if report_seeds is None else tuple(report_seeds)
