@@ -7,8 +7,9 @@ with or without BN; :func:`cnn_arm` builds it. The learning rate of each arm is 
 validation by ``bnlib.experiments.protocol.choose_lr``, and
 ``bnlib.experiments.protocol.run`` trains the seeds.
 
-The gap between fitting and generalizing is measured in evaluation mode (running
-statistics), as a gap in accuracy and as a gap in cross-entropy:
+The gap between fitting and generalizing is measured in evaluation mode, with whatever
+statistics the BN layers hold (after :class:`PreciseEval`, statistics recomputed with the
+current weights), as a gap in accuracy and as a gap in cross-entropy:
 
 .. math::
 
@@ -132,6 +133,10 @@ class MatchedFit:
     With ``final_step`` set, it also measures each run's gap at that step (the end of
     the budget) into ``final``; the test accuracy there is the one
     :func:`~bnlib.experiments.train` reports, computed on the same model.
+
+    Called by a :class:`PreciseEval` (its ``then``), it measures with recomputed batch-norm
+    statistics only at that callback's evaluation steps: choose ``check_every`` a multiple
+    of its ``eval_every``, or the checks in between use the running averages of training.
 
     Args:
         split: the data (training set for the loss, test set for the gap).
@@ -288,8 +293,9 @@ def cnn_arm(norm: str, channels: int = 8, momentum: float = 0.9, eval_every: int
             (PyTorch's). Default: ``"auto"``.
         name: the arm's name. Default: ``norm``.
         dtype: the model's floating dtype; ``torch.float64`` (with inputs from
-            :func:`~bnlib.experiments.precision.double_split`) makes runs reproduce on
-            other CPU kernels. Default: ``torch.float32``.
+            :func:`~bnlib.experiments.precision.double_split`) keeps runs from amplifying
+            the last-bit differences of other CPU kernels (see
+            :mod:`bnlib.experiments.precision`). Default: ``torch.float32``.
         **train_kwargs: more arguments for :func:`~bnlib.experiments.train`
             (``on_step``, ``train_accuracy``, ...).
 
