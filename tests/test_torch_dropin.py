@@ -368,9 +368,10 @@ def test_eval_weight_gradient_keeps_precision_at_large_mean_over_std():
 
 
 def test_torch_channels_last_grad_bug():
-    """torch 2.13 on the CPU: an input whose size-1 dims make its strides look channels_last,
-    with a contiguous dy, gets wrong BatchNorm2d gradients (bias.grad is not sum(dy)); a
-    contiguous copy gets the right ones, and so does bnlib. When this test fails on the
+    """torch 2.13 on the CPU: a channels_last input whose size-1 dims carry unusual strides
+    ((1, 1, 2, 2) where torch's own channels_last tensor has (6, 1, 6, 2)), with a contiguous
+    dy, gets wrong BatchNorm2d gradients (bias.grad is not sum(dy)); the usual strides and a
+    contiguous copy get the right ones, and so does bnlib. When this test fails on the
     torch assertion, torch has fixed the bug: drop the special case from the fuzz."""
     answers = torch_channels_last_grad_bug()
     right = answers["contiguous_copy"]

@@ -151,7 +151,8 @@ class MatchedFit:
         >>> split = load_digits_split(images=True)
         >>> fit = MatchedFit(split, threshold=10.0, check_every=5)
         >>> _ = torch.manual_seed(0)
-        >>> _ = train(small_cnn(channels=4), split, steps=10, on_step=fit, eval_every=10)
+        >>> _ = train(small_cnn(channels=4), split, steps=10, on_step=fit,
+        ...           eval_every=10)
         >>> fit.records[0].step
         5
     """
