@@ -70,8 +70,8 @@ def mlp(in_features: int = 64, hidden: int = 100, depth: int = 3, num_classes: i
             PyTorch's default initialization. Default: ``"auto"``.
 
     Example:
-        >>> [type(m).__name__ for m in mlp(depth=2, norm="batch")]
-        ['Linear', 'BatchNorm1d', 'Sigmoid', 'Linear', 'BatchNorm1d', 'Sigmoid', 'Linear']
+        >>> " ".join(type(m).__name__ for m in mlp(depth=2, norm="batch"))
+        'Linear BatchNorm1d Sigmoid Linear BatchNorm1d Sigmoid Linear'
         >>> mlp(depth=2, norm="batch")[0]  # no bias: BN's shift replaces it
         Linear(in_features=64, out_features=100, bias=False)
     """

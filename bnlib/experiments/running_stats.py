@@ -267,8 +267,9 @@ def inference_stats_over_seeds(build, split, checkpoints: list[int],
 
     Example:
         >>> from bnlib.experiments import load_digits_split, mlp
-        >>> runs = inference_stats_over_seeds(lambda: mlp(norm="batch", depth=1),
-        ...                                   load_digits_split(), [5, 10], seeds=(0, 1))
+        >>> build = lambda: mlp(norm="batch", depth=1)
+        >>> runs = inference_stats_over_seeds(build, load_digits_split(), [5, 10],
+        ...                                   seeds=(0, 1))
         >>> runs.steps, len(runs.values("precise", None, 10))
         ([5, 10], 2)
     """

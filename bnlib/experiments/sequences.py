@@ -47,7 +47,8 @@ def random_sequences(generator: torch.Generator, lengths: Sequence[int], d_model
     so zero padding visibly pulls batch statistics.
 
     Example:
-        >>> seqs = random_sequences(torch.Generator().manual_seed(0), [3, 5], d_model=4)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> seqs = random_sequences(g, [3, 5], d_model=4)
         >>> [tuple(s.shape) for s in seqs]
         [(3, 4), (5, 4)]
     """
@@ -117,7 +118,8 @@ def masked_batch_norm(x: Tensor, mask: Tensor, weight: Tensor | None = None,
         ``x``: ``(B, T, D)``; ``mask``: ``(B, T)``; output ``(B, T, D)``, zero at padding.
 
     Example:
-        >>> x, mask = pad_sequences([torch.tensor([[1.0], [3.0]]), torch.tensor([[5.0]])])
+        >>> a, b = torch.tensor([[1.0], [3.0]]), torch.tensor([[5.0]])
+        >>> x, mask = pad_sequences([a, b])
         >>> masked_batch_norm(x, mask, eps=0.0)[:, :, 0]
         tensor([[-1.2247,  0.0000],
                 [ 1.2247,  0.0000]])
@@ -278,7 +280,8 @@ def check_masked_batch_norm(fn, tol: float = 1e-10) -> CheckResult:
         A :class:`~bnlib.audit.CheckResult` whose ``value`` is the largest difference.
 
     Example:
-        >>> check_masked_batch_norm(lambda x, mask, eps: masked_batch_norm(x, mask, eps=eps)).passed
+        >>> mine = lambda x, mask, eps: masked_batch_norm(x, mask, eps=eps)
+        >>> check_masked_batch_norm(mine).passed
         True
     """
     g = torch.Generator().manual_seed(123)

@@ -70,7 +70,8 @@ def check_variance_shift(fn: Callable[[float, float, float], float], tol: float 
         difference.
 
     Example:
-        >>> check_variance_shift(lambda p, mu, v: ((v + mu**2) / (1 - p) - mu**2) / v).passed
+        >>> ratio = lambda p, mu, v: ((v + mu**2) / (1 - p) - mu**2) / v
+        >>> check_variance_shift(ratio).passed
         True
     """
     worst = 0.0
