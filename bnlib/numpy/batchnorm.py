@@ -128,11 +128,12 @@ class BatchNormCache:
 def batch_norm_forward(x, gamma, beta, eps: float = 1e-5):
     """Batch-normalize ``x`` with its own batch statistics (training mode).
 
-    The variance is the biased one (divide by ``m``) and is computed in two passes,
-    ``mean((x - mu)**2)``, which stays accurate when ``|mu|`` is large compared with the
-    spread; the one-pass ``E[x^2] - E[x]^2`` can even come out negative there. Both means
-    are accumulated in float64, and ``x - mu`` is rounded to ``x``'s dtype only after the
-    subtraction, so float32 input keeps float32 accuracy at any ``|mu| / sigma``.
+    The variance is the biased one (divide by ``m``) and is computed in two
+    passes, ``mean((x - mu)**2)``, which stays accurate when ``|mu|`` is large
+    compared with the spread; the one-pass ``E[x^2] - E[x]^2`` can even come
+    out negative there. Both means are accumulated in float64, and ``x - mu``
+    is rounded to ``x``'s dtype only after the subtraction, so float32 input
+    keeps float32 accuracy at any ``|mu| / sigma``.
 
     Args:
         x: input, shape ``(N, C)`` or ``(N, C, *spatial)``, floating point.
@@ -151,15 +152,18 @@ def batch_norm_forward(x, gamma, beta, eps: float = 1e-5):
         array([[-1., -1.],
                [ 1.,  1.]])
     """
-    x = check_input(x, None if gamma is None else np.shape(gamma)[0], training=True)
+    num = None if gamma is None else np.shape(gamma)[0]
+    x = check_input(x, num, training=True)
     axes = reduce_axes(x.ndim)
     num_channels = x.shape[1]
     shape = channel_shape(x.ndim, num_channels)
-    # Sums accumulate in float64: a float32 running sum of m values loses about
-    # log2(m) bits, and all of them when |mu| >> sigma (1e4 + N(0, 1) in float32).
+    # Sums accumulate in float64: a float32 running sum of m values loses
+    # about log2(m) bits, and all of them when |mu| >> sigma (1e4 + N(0, 1)).
     mu = x.mean(axis=axes, dtype=np.float64)  # (C,)
-    x_centered = (x - mu.reshape(shape)).astype(x.dtype)  # (N, C, *spatial), rounded once
-    var = np.mean(x_centered * x_centered, axis=axes, dtype=np.float64).astype(x.dtype)  # (C,)
+    # (N, C, *spatial), rounded once
+    x_centered = (x - mu.reshape(shape)).astype(x.dtype)
+    var = np.mean(x_centered * x_centered, axis=axes, dtype=np.float64)
+    var = var.astype(x.dtype)  # (C,)
     mu = mu.astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + eps)  # (C,)
     x_hat = x_centered * inv_std.reshape(shape)
@@ -178,18 +182,23 @@ def batch_norm_backward(dy, cache: BatchNormCache):
 
     Args:
         dy: upstream gradient ``dL/dy``, same shape as the forward input.
-        cache: the :class:`BatchNormCache` returned by :func:`batch_norm_forward`.
+        cache: the :class:`BatchNormCache` that :func:`batch_norm_forward`
+            returned.
 
     Returns:
-        ``(dx, dgamma, dbeta)``: ``dx`` has the shape of ``x``; ``dgamma`` and ``dbeta``
-        have shape ``(C,)`` (``dgamma`` is computed even when ``gamma`` was ``None``).
+        ``(dx, dgamma, dbeta)``: ``dx`` has the shape of ``x``; ``dgamma`` and
+        ``dbeta`` have shape ``(C,)`` (``dgamma`` is computed even when
+        ``gamma`` was ``None``).
     """
     dy = np.asarray(dy)
     axes, m, x_hat = cache.axes, cache.count, cache.x_hat
     dbeta = dy.sum(axis=axes)  # (C,)
     dgamma = np.sum(dy * x_hat, axis=axes)  # (C,)
-    scale = cache.inv_std if cache.gamma is None else cache.gamma * cache.inv_std  # (C,)
-    # g = dL/dx_hat = gamma * dy, so sum(g) = gamma * dbeta and sum(g * x_hat) = gamma * dgamma
+    scale = cache.inv_std  # (C,)
+    if cache.gamma is not None:
+        scale = cache.gamma * cache.inv_std
+    # g = dL/dx_hat = gamma * dy, so sum(g) = gamma * dbeta
+    # and sum(g * x_hat) = gamma * dgamma
     dx = cache.per_channel(scale / m) * (
         m * dy - cache.per_channel(dbeta) - x_hat * cache.per_channel(dgamma)
     )
@@ -197,14 +206,16 @@ def batch_norm_backward(dy, cache: BatchNormCache):
 
 
 def batch_norm_backward_staged(dy, cache: BatchNormCache):
-    """Gradients of batch normalization, walking the computational graph node by node.
+    """Gradients of batch normalization, walking the graph node by node.
 
     The forward graph, per channel, is::
 
-        mu = mean(x);  xc = x - mu;  var = mean(xc**2);  std = sqrt(var + eps)
-        inv_std = 1 / std;  x_hat = xc * inv_std;  y = gamma * x_hat + beta
+        mu = mean(x);  xc = x - mu;  var = mean(xc**2)
+        std = sqrt(var + eps);  inv_std = 1 / std
+        x_hat = xc * inv_std;  y = gamma * x_hat + beta
 
-    and each line below is the chain rule through one of those nodes, in reverse.
+    and each line below is the chain rule through one of those nodes, in
+    reverse.
     Same arguments and results as :func:`batch_norm_backward`.
     """
     dy = np.asarray(dy)
@@ -216,11 +227,11 @@ def batch_norm_backward_staged(dy, cache: BatchNormCache):
     dbeta = dy.sum(axis=axes)  # y = ... + beta
     dgamma = np.sum(dy * x_hat, axis=axes)  # y = gamma * x_hat + ...
     dx_hat = dy * pc(gamma)  # y = gamma * x_hat
-    dinv_std = np.sum(dx_hat * xc, axis=axes)  # x_hat = xc * inv_std   (C,)
+    dinv_std = np.sum(dx_hat * xc, axis=axes)  # x_hat = xc * inv_std  (C,)
     dxc = dx_hat * pc(cache.inv_std)  #          ... the xc branch
     dstd = -dinv_std / std**2  # inv_std = 1 / std
     dvar = dstd / (2.0 * std)  # std = sqrt(var + eps)
-    dxc = dxc + pc(dvar) * 2.0 * xc / m  # var = mean(xc**2)   (second path into xc)
+    dxc = dxc + pc(dvar) * 2.0 * xc / m  # var = mean(xc**2): 2nd path to xc
     dmu = -dxc.sum(axis=axes)  # xc = x - mu             (C,)
     dx = dxc + pc(dmu) / m  # mu = mean(x)
     return dx, dgamma, dbeta
