@@ -47,7 +47,7 @@ def check_group_norm(fn: Callable, tol: float = 1e-10) -> CheckResult:
     with :math:`\mu_{n,g}` and the biased :math:`\sigma^2_{n,g}` taken over the channels of
     group :math:`g = \lfloor c G / C \rfloor` and all spatial positions of sample
     :math:`n`. It must equal ``torch.nn.GroupNorm(G, C, eps, affine=False)`` within ``tol``
-    (float64) on every case of :data:`CASES`, keep the input's shape and leave the input
+    (float64) on every case of ``CASES``, keep the input's shape and leave the input
     unchanged.
 
     Args:

@@ -83,7 +83,7 @@ def init_for_activation(model: nn.Module, activation: str) -> nn.Module:
     biases are set to 0; normalization layers get weight 1 and bias 0. ``"default"`` leaves
     the model as PyTorch built it (Kaiming-uniform with ``a = sqrt(5)``, i.e.
     :math:`W \\sim \\mathcal{U}(\\pm 1/\\sqrt{n_i})`), for experiments about that default.
-    Draws use torch's global generator (:func:`normal_`, the same bits on every CPU): seed it
+    Draws use torch's global generator (:func:`~bnlib.experiments.init.normal_`, the same bits on every CPU): seed it
     (``torch.manual_seed``) first.
 
     Args:

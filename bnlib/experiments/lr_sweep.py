@@ -6,7 +6,7 @@ learning rate on a log grid, for several seeds, and two things are recorded: the
 accuracy and whether the run diverged.
 
 A run *diverged* when its training loss became NaN or infinite, or when its last recorded
-training loss (:attr:`~bnlib.experiments.train.History.train_loss`: the mean over the steps
+training loss (``History.train_loss``: the mean over the steps
 since the previous evaluation, so over ``eval_every`` steps, one mini-batch when the run
 evaluates every step) is more than 10 % above ``log(num_classes)``, the loss of a uniform
 guess: the updates made the network confidently wrong, worse than knowing nothing. (A
@@ -44,7 +44,9 @@ def is_diverged(history: History, num_classes: int = 10, tolerance: float = 0.1)
         tolerance: relative margin above the uniform-guess loss. Default: ``0.1``.
 
     Example:
-        >>> is_diverged(History(train_loss=[float("nan"), 2.31])), is_diverged(History(train_loss=[2.3, 2.6]))
+        >>> learning = History(train_loss=[float("nan"), 2.31])
+        >>> rising = History(train_loss=[2.3, 2.6])
+        >>> is_diverged(learning), is_diverged(rising)
         (False, True)
     """
     if history.diverged:
@@ -68,7 +70,8 @@ def is_usable(runs: Sequence[History], target: float) -> bool:
     Example:
         >>> ok = History(train_loss=[float("nan"), 0.3], val_accuracy=[0.1, 0.95])
         >>> stuck = History(train_loss=[float("nan"), 2.35], val_accuracy=[0.1, 0.1])
-        >>> is_usable([ok, ok], 0.9), is_usable([ok, stuck], 0.5), is_usable([ok, stuck], 0.9)
+        >>> (is_usable([ok, ok], 0.9), is_usable([ok, stuck], 0.5),
+        ...  is_usable([ok, stuck], 0.9))
         (True, True, False)
     """
     if not runs:
@@ -156,7 +159,8 @@ def stable_range(lrs: np.ndarray, ok: np.ndarray) -> tuple[float, float] | None:
         ``None`` when ``ok`` holds nowhere.
 
     Example:
-        >>> stable_range(np.array([0.01, 0.1, 1.0, 10.0]), np.array([False, True, True, False]))
+        >>> lrs = np.array([0.01, 0.1, 1.0, 10.0])
+        >>> stable_range(lrs, np.array([False, True, True, False]))
         (0.1, 1.0)
     """
     best: tuple[int, int] | None = None
@@ -226,7 +230,8 @@ def lr_sweep(lrs: Sequence[float], norms: Sequence[str] = ("none", "batch"),
         A :class:`SweepResult`.
 
     Example:
-        >>> r = lr_sweep([0.1, 1.0], norms=("batch",), seeds=(0,), steps=20, eval_every=10)
+        >>> r = lr_sweep([0.1, 1.0], norms=("batch",), seeds=(0,), steps=20,
+        ...              eval_every=10)
         >>> r.final_test_accuracy["batch"].shape
         (2, 1)
     """
@@ -269,9 +274,11 @@ def sweep_from_choice(choice, target: float) -> dict[str, np.ndarray]:
         (the rates with no measurable difference from the chosen one).
 
     Example:
-        >>> from bnlib.experiments import LR_GRID, Arm, choose_lr, load_digits_split, mlp
-        >>> arm = Arm("bn", lambda: mlp(norm="batch", depth=1), train_kwargs={"eval_every": 10})
-        >>> table = sweep_from_choice(choose_lr(arm, load_digits_split(), 20, (0, 1)), 0.5)
+        >>> from bnlib.experiments import Arm, choose_lr, load_digits_split, mlp
+        >>> arm = Arm("bn", lambda: mlp(norm="batch", depth=1),
+        ...           train_kwargs={"eval_every": 10})
+        >>> choice = choose_lr(arm, load_digits_split(), 20, (0, 1))
+        >>> table = sweep_from_choice(choice, 0.5)
         >>> table["accuracy"].shape
         (9, 2)
     """

@@ -72,8 +72,8 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_BYTES = 256 * 1024
-"""Bytes of input per block: a quarter of a 1 MiB L2 cache, so a block and its scratch fit in
-L2 together; the up to four block-sized patterns spill to L3."""
+"""The bytes of input in one block (256 KiB), a quarter of a 1 MiB L2 cache, so a block and
+its scratch fit in L2 together; the up to four block-sized patterns spill to L3."""
 
 FOLD_MAX_OFFSET = 16.0
 """Largest ``max_c |mu_c| / sigma_c`` for which the output pass folds the mean into the shift
