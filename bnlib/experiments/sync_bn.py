@@ -231,7 +231,7 @@ def simulated_accuracy(per_process_batches: Sequence[int], seeds: Sequence[int],
         grid: the shared grid. Default: :data:`~bnlib.experiments.protocol.LR_GRID`.
 
     Returns:
-        A dict with three entries: ``"test"`` maps ``(mode, b, seed)`` to the test
+        dict: three entries; ``"test"`` maps ``(mode, b, seed)`` to the test
         accuracy, ``"lr"`` maps ``(mode, b)`` to the chosen rate and ``"val"`` maps
         ``(mode, b, lr)`` to the mean validation accuracy (no ``"local"`` entry for a
         batch of 1).
