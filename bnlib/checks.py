@@ -1,5 +1,5 @@
-"""Graders for the exercises of chapter 6 (the CS231n pattern: the reader writes a function,
-a provided checker compares it with ``torch.nn`` and prints a verdict).
+"""Graders for the exercises of chapters 6 and 8 (the CS231n pattern: the reader writes a
+function, a provided checker compares it with ``torch.nn`` and prints a verdict).
 
 Each checker returns a :class:`~bnlib.audit.CheckResult`; the chapter prints its
 ``evidence``. Chapter 5's grader lives with its experiment
@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
+from . import torch as bt
 from .audit import CheckResult
 
-__all__ = ["check_fuse_linear_bn"]
+__all__ = ["check_eval_affine", "check_fuse_linear_bn"]
 
 
 def _trained_pair(seed: int, n_in: int, n_out: int) -> tuple[nn.Linear, nn.BatchNorm1d]:
@@ -87,3 +88,83 @@ def check_fuse_linear_bn(fn: Callable[[nn.Linear, nn.BatchNorm1d], nn.Linear],
                 f"below {tol:.0e})" if passed else
                 f"differs from BN(linear(x)) by up to {worst:.1e}")
     return CheckResult("fuse_linear_bn", passed, evidence, worst)
+
+
+def _trained_bn(cls: type, seed: int, affine: bool, momentum: float | None) -> nn.Module:
+    """A float64 ``BatchNorm1d(4)`` of class ``cls`` in evaluation mode, with running
+    statistics from five training-mode passes and, if ``affine``, non-trivial parameters."""
+    g = torch.Generator().manual_seed(seed)
+    bn = cls(4, affine=affine, momentum=momentum).double()
+    with torch.no_grad():
+        for _ in range(5):
+            bn(3.0 + 2.0 * torch.randn(16, 4, generator=g, dtype=torch.float64))
+        if affine:
+            bn.weight.uniform_(0.5, 2.0, generator=g)
+            bn.bias.uniform_(-1.0, 1.0, generator=g)
+    return bn.eval()
+
+
+def check_eval_affine(fn: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]],
+                      tol: float = 1e-12) -> CheckResult:
+    r"""Grade a reader's ``fn(bn) -> (scale, shift)``: the per-channel affine map an
+    evaluation-mode batch-norm layer applies,
+
+    .. math::
+
+        y = a x + b, \qquad a = \frac{\gamma}{\sqrt{\hat\sigma^2 + \epsilon}}, \qquad
+        b = \beta - \hat\mu\, a
+
+    (:math:`\gamma = 1`, :math:`\beta = 0` without affine parameters). ``scale * x +
+    shift`` must equal ``bn(x)`` within ``tol`` (float64) for ``bnlib.torch`` and
+    ``torch.nn`` layers, with and without affine parameters and with ``momentum=None``,
+    and ``fn`` must leave the layer unchanged (still in evaluation mode, same state).
+
+    Args:
+        fn: the reader's function.
+        tol: largest allowed absolute difference. Default: ``1e-12``.
+
+    Returns:
+        A :class:`~bnlib.audit.CheckResult`; its ``evidence`` starts with ``PASSED`` or
+        ``FAILED``.
+
+    Example:
+        >>> def scale_shift(bn):
+        ...     a = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        ...     a = a if bn.weight is None else bn.weight * a
+        ...     b = -bn.running_mean * a
+        ...     return a, b if bn.bias is None else b + bn.bias
+        >>> check_eval_affine(scale_shift).passed
+        True
+    """
+    cases = [(bt.BatchNorm1d, True, 0.1), (nn.BatchNorm1d, True, 0.1),
+             (bt.BatchNorm1d, False, None), (nn.BatchNorm1d, False, 0.1)]
+    for seed, (cls, affine, momentum) in enumerate(cases):
+        bn = _trained_bn(cls, seed, affine, momentum)
+        name = f"{cls.__module__.split('.')[0]}, affine={affine}"
+        before = {k: v.clone() for k, v in bn.state_dict().items()}
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(99),
+                        dtype=torch.float64)
+        try:
+            with torch.no_grad():
+                scale, shift = fn(bn)
+                mine = scale * x + shift
+        except Exception as exc:  # the reader's code: report, do not crash
+            return CheckResult("eval_affine", False,
+                               f"FAILED: raised {type(exc).__name__} ({name})")
+        after = bn.state_dict()
+        if bn.training or any(not torch.equal(v, after[k]) for k, v in before.items()):
+            return CheckResult("eval_affine", False, f"FAILED: changed the module ({name})")
+        with torch.no_grad():
+            ref = bn(x)
+        if mine.shape != ref.shape:
+            return CheckResult("eval_affine", False,
+                               f"FAILED: output shape {tuple(mine.shape)} "
+                               f"instead of {tuple(ref.shape)} ({name})")
+        worst = float((mine - ref).abs().max())
+        if not worst <= tol:
+            return CheckResult("eval_affine", False,
+                               f"FAILED: differs from bn(x) by more than "
+                               f"{tol:.0e} ({name})", worst)
+    return CheckResult("eval_affine", True,
+                       f"PASSED: equals bn(x) within {tol:.0e} (bnlib.torch and "
+                       f"torch.nn, affine or not)")

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from bnlib.checks import check_fuse_linear_bn
+from bnlib.checks import check_eval_affine, check_fuse_linear_bn
 
 
 def _by_hand(linear, norm, rows=True):
@@ -54,3 +54,39 @@ def test_mistakes_fail_with_evidence():
         raise NotImplementedError("write me")
 
     assert check_fuse_linear_bn(broken).evidence.startswith("raised NotImplementedError")
+
+
+def _scale_shift(bn, eps=True):
+    scale = 1.0 / torch.sqrt(bn.running_var + (bn.eps if eps else 0.0))
+    if bn.weight is not None:
+        scale = bn.weight * scale
+    shift = -bn.running_mean * scale
+    return scale, shift if bn.bias is None else shift + bn.bias
+
+
+def test_eval_affine_passes_the_map_and_fails_the_usual_mistakes():
+    ok = check_eval_affine(_scale_shift)
+    assert ok.passed and ok.evidence.startswith("PASSED")
+    # an independent route: the affine map read off the layer itself
+    probe = lambda bn: (
+        bn(torch.ones(1, 4, dtype=torch.float64))[0]
+        - bn(torch.zeros(1, 4, dtype=torch.float64))[0],
+        bn(torch.zeros(1, 4, dtype=torch.float64))[0],
+    )
+    assert check_eval_affine(lambda bn: tuple(t.detach() for t in probe(bn))).passed
+    mistakes = {
+        "no eps": lambda bn: _scale_shift(bn, eps=False),
+        "std instead of 1/std": lambda bn: (1 / _scale_shift(bn)[0], _scale_shift(bn)[1]),
+        "shift without beta": lambda bn: (
+            _scale_shift(bn)[0],
+            -bn.running_mean * _scale_shift(bn)[0],
+        ),
+        "switches to training": lambda bn: (bn.train(), _scale_shift(bn))[1],
+        "wrong shape": lambda bn: (_scale_shift(bn)[0][:, None], _scale_shift(bn)[1][:, None]),
+        "raises": lambda bn: (_ for _ in ()).throw(RuntimeError("boom")),
+    }
+    for name, fn in mistakes.items():
+        result = check_eval_affine(fn)
+        assert not result.passed and result.evidence.startswith("FAILED"), name
+    assert "changed the module" in check_eval_affine(mistakes["switches to training"]).evidence
+    assert "raised RuntimeError" in check_eval_affine(mistakes["raises"]).evidence
