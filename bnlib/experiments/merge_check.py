@@ -79,9 +79,10 @@ def check_merge_moments(fn: Callable, tol: float = 1e-9) -> CheckResult:
     per-channel merge of two sets' statistics (each argument a float64 ``(C,)`` tensor):
 
     .. math::
-        n = n_a + n_b, \quad \delta = \bar{x}_b - \bar{x}_a, \quad
-        \bar{x} = \bar{x}_a + \delta \frac{n_b}{n}, \quad
-        M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}.
+
+        n &= n_a + n_b, \qquad \delta = \bar{x}_b - \bar{x}_a, \\
+        \bar{x} &= \bar{x}_a + \delta \frac{n_b}{n}, \\
+        M_2 &= M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}.
 
     The merged statistics must equal those of the pooled values, computed by torch, within
     ``tol`` (mean in units of the standard deviation, :math:`M_2` relative) on four pairs
