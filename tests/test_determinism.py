@@ -141,8 +141,10 @@ import hashlib, torch
 from bnlib.experiments import init_for_activation, mlp, small_cnn
 from bnlib.experiments.depth_stats import init_normal_
 digest = hashlib.sha256()
+from bnlib.experiments.init import same_bits_default_
 for build in (lambda: mlp(activation="sigmoid"), lambda: mlp(activation="relu", norm="batch"),
-              lambda: small_cnn(), lambda: init_normal_(mlp(activation="tanh"), 2.0)):
+              lambda: small_cnn(), lambda: init_normal_(mlp(activation="tanh"), 2.0),
+              lambda: same_bits_default_(mlp(activation="relu", init="default"))):
     torch.manual_seed(0)
     for p in build().parameters():
         digest.update(p.detach().numpy().tobytes())

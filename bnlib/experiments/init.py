@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GAINS", "init_for_activation", "normal_"]
+__all__ = ["GAINS", "init_for_activation", "normal_", "same_bits_default_"]
 
 #: Xavier-normal gain per activation (``relu`` uses Kaiming normal instead).
 GAINS: dict[str, float] = {"sigmoid": 4.0, "tanh": 5.0 / 3.0, "linear": 1.0}
@@ -50,6 +50,33 @@ def normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
     with torch.no_grad():
         draws = torch.empty(tensor.shape, dtype=torch.float64).normal_(0.0, std)
         return tensor.copy_(draws)
+
+
+def same_bits_default_(model: nn.Module) -> nn.Module:
+    """Give every ``nn.Linear`` of ``model`` PyTorch's default initialization again, drawn
+    so that every CPU gets the same bits, and return ``model``.
+
+    PyTorch initializes a ``Linear`` layer's weight and bias from
+    :math:`\\mathcal{U}(-1/\\sqrt{n_i},\\ 1/\\sqrt{n_i})` (:math:`n_i` = fan-in), but its
+    ``uniform_(a, b)`` rounds differently in its AVX2 and its baseline kernels when the
+    bound is not exact (fan-in 100, say). Here the draws are ``U(0, 1)`` in float64 from
+    torch's global generator, mapped to the interval and rounded to the layer's dtype.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> layer = same_bits_default_(nn.Linear(100, 3)).weight
+        >>> bool(layer.abs().max() <= 0.1)
+        True
+    """
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                bound = 1 / math.sqrt(layer.in_features)
+                for p in (layer.weight, layer.bias):
+                    if p is not None:
+                        u = torch.rand(p.shape, dtype=torch.float64)
+                        p.copy_((2 * u - 1) * bound)
+    return model
 
 
 def _xavier_normal_(weight: torch.Tensor, gain: float) -> torch.Tensor:
