@@ -60,30 +60,24 @@ def test_matched_fit_records_the_first_check_below_the_threshold(split):
                 losses[step] = F.cross_entropy(model(split.x_train), split.y_train).item()
             model.train()
 
-    torch.manual_seed(0)
-    train(
-        small_cnn("batch", channels=4),
-        split,
-        steps=60,
-        lr=0.3,
-        momentum=0.9,
-        on_step=probe,
-        eval_every=60,
-    )
-    threshold = sorted(losses.values())[len(losses) // 2]  # reached half-way or so
-    expected = min(s for s, v in losses.items() if v <= threshold)
-    fit = MatchedFit(split, threshold=threshold, check_every=5, final_step=60)
-    for seed in (0, 0):  # the same run twice: one record per run, identical
+    def run(on_step, seed=0):
         torch.manual_seed(seed)
-        history = train(
+        return train(
             small_cnn("batch", channels=4),
             split,
             steps=60,
             lr=0.3,
             momentum=0.9,
-            on_step=fit,
+            on_step=on_step,
             eval_every=60,
         )
+
+    run(probe)
+    threshold = sorted(losses.values())[len(losses) // 2]  # reached half-way or so
+    expected = min(s for s, v in losses.items() if v <= threshold)
+    fit = MatchedFit(split, threshold=threshold, check_every=5, final_step=60)
+    for seed in (0, 0):  # the same run twice: one record per run, identical
+        history = run(fit, seed)
     first, second = fit.reached()
     assert len(fit.final) == 2 and fit.final[0] == fit.final[1]
     assert fit.final[0].test_accuracy == history.test_accuracy  # the same final model

@@ -183,30 +183,9 @@ def local_and_sync_accuracy(rank: int, world_size: int, per_process_batches: Seq
         >>> launch(local_and_sync_accuracy, 2, (4,), (0,), 2)  # doctest: +SKIP
     """
     split = double_split(load_digits_split())
-    report_seeds = tuple(seeds) if report_seeds is None else tuple(report_seeds)
-    grid = tuple(grid)
-    out: dict[str, dict] = {"test": {}, "lr": {}, "val": {}}
-    for mode in ("local", "sync"):
-        for b in per_process_batches:
-            if mode == "local" and b == 1:
-                continue  # one value per channel: local batch norm cannot train at all
-            models: dict[tuple[float, int], torch.nn.Module] = {}
-
-            def score(lr: float) -> float:
-                if (mode, b, lr) not in out["val"]:
-                    accs = []
-                    for seed in seeds:
-                        models[(lr, seed)] = _train(mode, b, steps, lr, seed, split)
-                        accs.append(accuracy(models[(lr, seed)], split.x_val, split.y_val))
-                    out["val"][(mode, b, lr)] = _rank0(sum(accs) / len(accs))
-                return out["val"][(mode, b, lr)]
-
-            lr = _widen(score, start, grid, f"{mode} BN, b = {b}")
-            out["lr"][(mode, b)] = lr
-            for seed in report_seeds:
-                model = models.get((lr, seed)) or _train(mode, b, steps, lr, seed, split)
-                out["test"][(mode, b, seed)] = accuracy(model, split.x_test, split.y_test)
-    return out
+    return _choose_and_report(
+        lambda mode, b, lr, seed: _train(mode, b, steps, lr, seed, split), split,
+        per_process_batches, seeds, report_seeds, start, grid, share=_rank0)
 
 
 def simulated_accuracy(per_process_batches: Sequence[int], seeds: Sequence[int],
@@ -243,6 +222,21 @@ def simulated_accuracy(per_process_batches: Sequence[int], seeds: Sequence[int],
         >>> out = simulated_accuracy((4,), (0,), 2)  # doctest: +SKIP
     """
     split = double_split(load_digits_split())
+    return _choose_and_report(
+        lambda mode, b, lr, seed: simulate_data_parallel(mode, b, steps, lr, seed, split,
+                                                         world_size),
+        split, per_process_batches, seeds, report_seeds, start, grid)
+
+
+def _choose_and_report(train: Callable, split, per_process_batches: Sequence[int],
+                       seeds: Sequence[int], report_seeds: Sequence[int] | None,
+                       start: float, grid: Sequence[float],
+                       share: Callable[[float], float] = lambda v: v) -> dict[str, dict]:
+    """The search and report of :func:`local_and_sync_accuracy` and
+    :func:`simulated_accuracy`: for each mode and batch, the rate :func:`_widen` chooses
+    by mean validation accuracy over ``seeds`` (``share`` makes the processes agree on
+    it), then the test accuracy of each of ``report_seeds`` at that rate.
+    ``train(mode, b, lr, seed)`` trains one model; each is trained once."""
     report_seeds = tuple(seeds) if report_seeds is None else tuple(report_seeds)
     out: dict[str, dict] = {"test": {}, "lr": {}, "val": {}}
     for mode in ("local", "sync"):
@@ -251,22 +245,21 @@ def simulated_accuracy(per_process_batches: Sequence[int], seeds: Sequence[int],
                 continue  # one value per channel: local batch norm cannot train at all
             models: dict[tuple[float, int], torch.nn.Module] = {}
 
-            def train(lr: float, seed: int) -> torch.nn.Module:
+            def fit(lr: float, seed: int) -> torch.nn.Module:
                 if (lr, seed) not in models:
-                    models[(lr, seed)] = simulate_data_parallel(mode, b, steps, lr, seed,
-                                                                split, world_size)
+                    models[(lr, seed)] = train(mode, b, lr, seed)
                 return models[(lr, seed)]
 
             def score(lr: float) -> float:
                 if (mode, b, lr) not in out["val"]:
-                    accs = [accuracy(train(lr, s), split.x_val, split.y_val) for s in seeds]
-                    out["val"][(mode, b, lr)] = sum(accs) / len(accs)
+                    accs = [accuracy(fit(lr, s), split.x_val, split.y_val) for s in seeds]
+                    out["val"][(mode, b, lr)] = share(sum(accs) / len(accs))
                 return out["val"][(mode, b, lr)]
 
             lr = _widen(score, start, tuple(grid), f"{mode} BN, b = {b}")
             out["lr"][(mode, b)] = lr
             for seed in report_seeds:
-                out["test"][(mode, b, seed)] = accuracy(train(lr, seed), split.x_test,
+                out["test"][(mode, b, seed)] = accuracy(fit(lr, seed), split.x_test,
                                                         split.y_test)
     return out
 
